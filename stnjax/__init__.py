@@ -1,0 +1,37 @@
+"""stnjax: spatial transformers for JAX.
+
+Conventions, the same everywhere in the package:
+  * Images are `[..., H, W, C]` (channels last, any leading batch dims).
+  * A sampling grid is `[..., Ho, Wo, 2]`; its last axis is `(x, y)` in normalized
+    coordinates: -1 is the left/top edge, +1 the right/bottom edge.
+  * `align_corners` means exactly what it means in PyTorch (default False): with
+    False, +-1 are the outer edges of the corner pixels; with True, their centres.
+  * theta maps *output* coordinates to *input* coordinates (pull sampling), as
+    `torch.nn.functional.affine_grid`: `[..., 2, 3]` affine or `[..., 3, 3]`
+    projective (followed by the perspective divide).
+  * Pixel coordinates put the centre of pixel `(row, col)` at `(x, y) = (col, row)`.
+
+Results match PyTorch's `affine_grid` and `grid_sample` with NCHW transposed to NHWC.
+"""
+
+from stnjax import transforms
+from stnjax.grid import affine_grid
+from stnjax.grid import normalized_to_pixel
+from stnjax.grid import pixel_matrix_from_theta
+from stnjax.grid import pixel_to_normalized
+from stnjax.grid import theta_from_pixel_matrix
+from stnjax.sampling import grid_sample
+from stnjax.sampling import sample
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "affine_grid",
+    "grid_sample",
+    "normalized_to_pixel",
+    "pixel_matrix_from_theta",
+    "pixel_to_normalized",
+    "sample",
+    "theta_from_pixel_matrix",
+    "transforms",
+]

@@ -1,0 +1,243 @@
+"""Sampling grids and coordinate conversions.
+
+Conventions (the same in the whole package):
+  * A grid is `[..., Ho, Wo, 2]`; its last axis is `(x, y)` in normalized
+    coordinates, -1 the left/top edge of the image and +1 the right/bottom edge.
+  * `align_corners=False` (default): -1 and +1 are the outer edges of the corner
+    pixels, so pixel `i` of a size-`n` axis has centre `(2 * i + 1) / n - 1`.
+    `align_corners=True`: -1 and +1 are the centres of the corner pixels, so pixel
+    `i` sits at `2 * i / (n - 1) - 1`. Both exactly as in PyTorch.
+  * Pixel coordinates put the centre of pixel `(row, col)` at `(x, y) = (col, row)`,
+    as OpenCV, kornia and scipy.ndimage do.
+  * theta maps *output* coordinates to *input* coordinates (pull sampling): a
+    `[2, 3]` theta gives `(x_s, y_s) = theta @ (x_t, y_t, 1)`; a `[3, 3]` theta is a
+    homography, followed by the perspective divide.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stnjax import _validation
+
+__all__ = [
+    "affine_grid",
+    "normalized_to_pixel",
+    "pixel_to_normalized",
+    "theta_from_pixel_matrix",
+    "pixel_matrix_from_theta",
+]
+
+
+def pixels_per_unit(size: int, align_corners: bool) -> float:
+  """Pixels per normalized unit along an axis of `size` pixels."""
+  return (size - 1) / 2 if align_corners else size / 2
+
+
+def units_per_pixel(size: int, align_corners: bool) -> float:
+  """Inverse of `pixels_per_unit`; 0 where that is 0 (PyTorch maps such an axis to 0)."""
+  scale = pixels_per_unit(size, align_corners)
+  return 1.0 / scale if scale else 0.0
+
+
+def centred_pixels(size: int) -> np.ndarray:
+  """Pixel indices minus the axis centre: exact half-integers, float64 `[size]`."""
+  return np.arange(size, dtype=np.float64) - (size - 1) / 2
+
+
+def _transform_output_grid(theta, out_shape, align_corners, x_scale, y_scale):
+  """theta applied to the normalized output grid, scaled, before any perspective divide.
+
+  Works on separable terms: each entry of theta multiplies a `[Wo]` or `[Ho]` vector,
+  and only the final sums are `[..., Ho, Wo]`; no batch of base grids is built.
+
+  Returns:
+    `(x, y, denominator)`: `x_scale * (theta[0] @ p)`, `y_scale * (theta[1] @ p)` and
+    `theta[2] @ p` (None for an affine theta), each float32 `[..., Ho, Wo]`.
+  """
+  out_height, out_width = out_shape
+  theta = theta.astype(jnp.float32)
+  out_x = centred_pixels(out_width) * units_per_pixel(out_width, align_corners)
+  out_y = centred_pixels(out_height) * units_per_pixel(out_height, align_corners)
+
+  def row(r, scale):
+    # The scale goes into the float64 constants, so that identity rows stay exact.
+    x_term = theta[..., r, 0, None] * jnp.asarray(out_x * scale, jnp.float32)
+    y_term = theta[..., r, 1, None] * jnp.asarray(out_y * scale, jnp.float32)
+    const = theta[..., r, 2, None, None] * np.float32(scale)
+    return (x_term[..., None, :] + y_term[..., :, None]) + const
+
+  denominator = row(2, 1.0) if theta.shape[-2] == 3 else None
+  return row(0, x_scale), row(1, y_scale), denominator
+
+
+def source_pixels(theta: jax.Array, in_shape: tuple[int, int],
+                  out_shape: tuple[int, int], align_corners: bool):
+  """Input pixel coordinates read by each output pixel under theta.
+
+  Composes theta with the pixel <-> normalized maps of the input and output, so the
+  identity theta gives exactly the output pixel's own position (no rounding).
+
+  Args:
+    theta: `[..., 2, 3]` or `[..., 3, 3]`, any float dtype.
+    in_shape: `(H, W)` of the image read.
+    out_shape: `(Ho, Wo)` of the output.
+    align_corners: as in `affine_grid`.
+
+  Returns:
+    `(x, y)`, each float32 `[..., Ho, Wo]`.
+  """
+  in_height, in_width = in_shape
+  x, y, denominator = _transform_output_grid(
+      theta, out_shape, align_corners,
+      pixels_per_unit(in_width, align_corners), pixels_per_unit(in_height, align_corners))
+  if denominator is not None:
+    x, y = x / denominator, y / denominator
+  return np.float32((in_width - 1) / 2) + x, np.float32((in_height - 1) / 2) + y
+
+
+@functools.partial(jax.jit, static_argnames=("out_shape", "align_corners"))
+def _affine_grid(theta, out_shape, align_corners):
+  _validation.check_theta(theta)
+  x, y, denominator = _transform_output_grid(theta, out_shape, align_corners, 1.0, 1.0)
+  if denominator is not None:
+    x, y = x / denominator, y / denominator
+  return jnp.stack([x, y], axis=-1)
+
+
+def affine_grid(theta: jax.Array, out_shape, *, align_corners: bool = False) -> jax.Array:
+  """Sampling grid of an affine or projective transform.
+
+  Equals `torch.nn.functional.affine_grid(theta, (N, C, Ho, Wo), align_corners)` for a
+  `[N, 2, 3]` theta, with any number of leading dims; a `[..., 3, 3]` theta is a
+  homography (the grid is divided by its third row).
+
+  Args:
+    theta: `[..., 2, 3]` or `[..., 3, 3]` floating array mapping output to input
+      normalized coordinates.
+    out_shape: `(Ho, Wo)` of the grid.
+    align_corners: see the module docstring.
+
+  Returns:
+    float32 grid `[..., Ho, Wo, 2]`, last axis `(x, y)`.
+
+  >>> import jax.numpy as jnp
+  >>> affine_grid(jnp.eye(2, 3), (1, 2))[0, :, 0].tolist()
+  [-0.5, 0.5]
+  """
+  out_shape = _validation.check_size(out_shape, "out_shape")
+  return _affine_grid(theta, out_shape, bool(align_corners))
+
+
+def normalized_to_pixel(coords: jax.Array, shape, *, align_corners: bool = False) -> jax.Array:
+  """Normalized `(x, y)` coordinates `[..., 2]` to pixel coordinates in an image of `shape`.
+
+  `shape` is `(H, W)`. Uses PyTorch's formula, `((c + 1) * n - 1) / 2` (or
+  `(c + 1) / 2 * (n - 1)` with `align_corners=True`).
+  """
+  height, width = _validation.check_size(shape, "shape")
+  coords = jnp.asarray(coords, jnp.float32)
+  x = unnormalize(coords[..., 0], width, align_corners)
+  y = unnormalize(coords[..., 1], height, align_corners)
+  return jnp.stack([x, y], axis=-1)
+
+
+def pixel_to_normalized(coords: jax.Array, shape, *, align_corners: bool = False) -> jax.Array:
+  """Pixel `(x, y)` coordinates `[..., 2]` in an image of `shape` `(H, W)` to normalized ones."""
+  height, width = _validation.check_size(shape, "shape")
+  coords = jnp.asarray(coords, jnp.float32)
+  centre = np.array([(width - 1) / 2, (height - 1) / 2], np.float32)
+  scale = np.array([units_per_pixel(width, align_corners),
+                    units_per_pixel(height, align_corners)], np.float32)
+  return (coords - centre) * scale
+
+
+def unnormalize(coord: jax.Array, size: int, align_corners: bool) -> jax.Array:
+  """One axis of normalized coordinates to pixels, with PyTorch's exact float formula."""
+  if align_corners:
+    return (coord + 1) / 2 * (size - 1)
+  return ((coord + 1) * size - 1) / 2
+
+
+def _pixel_from_normalized_matrix(shape, align_corners) -> np.ndarray:
+  """3x3 float64 matrix taking homogeneous normalized (x, y, 1) to pixel coordinates."""
+  height, width = shape
+  return np.array([
+      [pixels_per_unit(width, align_corners), 0.0, (width - 1) / 2],
+      [0.0, pixels_per_unit(height, align_corners), (height - 1) / 2],
+      [0.0, 0.0, 1.0],
+  ])
+
+
+def _normalized_from_pixel_matrix(shape, align_corners) -> np.ndarray:
+  height, width = shape
+  x_scale = units_per_pixel(width, align_corners)
+  y_scale = units_per_pixel(height, align_corners)
+  return np.array([
+      [x_scale, 0.0, -x_scale * (width - 1) / 2],
+      [0.0, y_scale, -y_scale * (height - 1) / 2],
+      [0.0, 0.0, 1.0],
+  ])
+
+
+def _check_matrix(matrix, name):
+  matrix = jnp.asarray(matrix)
+  if matrix.ndim < 2 or matrix.shape[-1] != 3 or matrix.shape[-2] not in (2, 3):
+    raise ValueError(f"{name} must have shape [..., 2, 3] or [..., 3, 3], got {tuple(matrix.shape)}.")
+  return matrix.astype(jnp.float32)
+
+
+def _to_homogeneous(matrix):
+  if matrix.shape[-2] == 3:
+    return matrix
+  last_row = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0], matrix.dtype), matrix.shape[:-2] + (1, 3))
+  return jnp.concatenate([matrix, last_row], axis=-2)
+
+
+def theta_from_pixel_matrix(matrix: jax.Array, in_shape, out_shape=None, *,
+                            align_corners: bool = False, inverse_map: bool = False) -> jax.Array:
+  """theta for `sample` from a pixel-space matrix, as OpenCV's `warpAffine` or kornia take.
+
+  Args:
+    matrix: `[..., 2, 3]` affine or `[..., 3, 3]` homography in pixel coordinates.
+      By default it maps *input* pixels to *output* pixels (OpenCV's and kornia's
+      convention); with `inverse_map=True` it maps output pixels to input pixels
+      (OpenCV's `WARP_INVERSE_MAP`).
+    in_shape: `(H, W)` of the input image.
+    out_shape: `(Ho, Wo)` of the output; defaults to `in_shape`.
+    align_corners: the value you will pass to `sample`.
+    inverse_map: see `matrix`.
+
+  Returns:
+    float32 theta of the same shape as `matrix`.
+  """
+  in_shape = _validation.check_size(in_shape, "in_shape")
+  out_shape = in_shape if out_shape is None else _validation.check_size(out_shape, "out_shape")
+  matrix = _check_matrix(matrix, "matrix")
+  pull = _to_homogeneous(matrix)
+  if not inverse_map:
+    pull = jnp.linalg.inv(pull)
+  to_normalized = jnp.asarray(_normalized_from_pixel_matrix(in_shape, align_corners), jnp.float32)
+  from_normalized = jnp.asarray(_pixel_from_normalized_matrix(out_shape, align_corners), jnp.float32)
+  theta = to_normalized @ pull @ from_normalized
+  return theta[..., :matrix.shape[-2], :]
+
+
+def pixel_matrix_from_theta(theta: jax.Array, in_shape, out_shape=None, *,
+                            align_corners: bool = False, inverse_map: bool = False) -> jax.Array:
+  """The inverse of `theta_from_pixel_matrix`: theta as a pixel-space matrix.
+
+  Returns a matrix mapping input pixels to output pixels (or, with
+  `inverse_map=True`, output pixels to input pixels), of theta's shape.
+  """
+  in_shape = _validation.check_size(in_shape, "in_shape")
+  out_shape = in_shape if out_shape is None else _validation.check_size(out_shape, "out_shape")
+  _validation.check_theta(theta)
+  theta = theta.astype(jnp.float32)
+  from_normalized = jnp.asarray(_pixel_from_normalized_matrix(in_shape, align_corners), jnp.float32)
+  to_normalized = jnp.asarray(_normalized_from_pixel_matrix(out_shape, align_corners), jnp.float32)
+  pull = from_normalized @ _to_homogeneous(theta) @ to_normalized
+  matrix = pull if inverse_map else jnp.linalg.inv(pull)
+  return matrix[..., :theta.shape[-2], :]

@@ -1,0 +1,288 @@
+"""Transform families that a localization net can regress.
+
+Each family is a `Transform`: plain data plus pure functions. A localization net
+outputs an unconstrained vector `params [..., num_params]`; `identity_params` is the
+vector whose transform does nothing (initialize the net's last bias to it);
+`theta(params)` gives the matrix for `stnjax.sample` (None for `tps`), and
+`grid(params, out_shape)` the normalized sampling grid `[..., Ho, Wo, 2]`.
+`warp(transform, params, image)` samples an image with any of them.
+
+>>> import jax.numpy as jnp
+>>> family = get("similarity")
+>>> family.num_params, family.theta(jnp.asarray(family.identity_params)).tolist()
+(4, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+"""
+
+import functools
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stnjax import _validation
+from stnjax import grid as grid_lib
+from stnjax import sampling
+
+__all__ = [
+    "Transform",
+    "affine",
+    "get",
+    "names",
+    "projective",
+    "scale_translation",
+    "similarity",
+    "tps",
+    "translation",
+    "warp",
+]
+
+
+class Transform(NamedTuple):
+  """A transform family.
+
+  Attributes:
+    name: the family's name, as `get` takes it.
+    num_params: length of the parameter vector.
+    identity_params: the `num_params` floats giving the identity transform (a tuple,
+      so that a Transform is hashable and can be a static argument of `jax.jit`).
+    theta: `params [..., num_params] -> theta [..., 2 or 3, 3]` for matrix families,
+      None for `tps`.
+    grid: `(params, out_shape, *, align_corners=False) -> [..., Ho, Wo, 2]`.
+    source_pixels: `(params, in_shape, out_shape, align_corners) -> (x, y)`, the input
+      pixel read by each output pixel, each `[..., Ho, Wo]` (used by `warp`).
+  """
+  name: str
+  num_params: int
+  identity_params: tuple[float, ...]
+  theta: Optional[Callable[[jax.Array], jax.Array]]
+  grid: Callable[..., jax.Array]
+  source_pixels: Callable[..., tuple[jax.Array, jax.Array]]
+
+
+def _check_params(params, transform_name, num_params):
+  if not hasattr(params, "shape") or not hasattr(params, "dtype"):
+    raise TypeError(f"{transform_name} params must be an array [..., {num_params}], "
+                    f"got {type(params).__name__}.")
+  if params.ndim < 1 or params.shape[-1] != num_params:
+    raise ValueError(f"{transform_name} params must have shape [..., {num_params}], "
+                     f"got {tuple(params.shape)}.")
+  if not jnp.issubdtype(jnp.dtype(params.dtype), jnp.floating):
+    raise TypeError(f"{transform_name} params must be floating, got {jnp.dtype(params.dtype)}.")
+
+
+def _matrix_family(name, identity_params, to_theta):
+  """A family whose params map to a `[..., 2 or 3, 3]` matrix."""
+  num_params = len(identity_params)
+
+  def theta(params):
+    _check_params(params, name, num_params)
+    return to_theta(params)
+
+  def grid(params, out_shape, *, align_corners=False):
+    return grid_lib.affine_grid(theta(params), out_shape, align_corners=align_corners)
+
+  def source_pixels(params, in_shape, out_shape, align_corners):
+    return grid_lib.source_pixels(theta(params), in_shape, out_shape, align_corners)
+
+  return Transform(name, num_params, tuple(float(v) for v in identity_params), theta, grid,
+                   source_pixels)
+
+
+def _rows(*rows):
+  """Stacks rows of `[...]` entries into `[..., len(rows), len(row)]`."""
+  return jnp.stack([jnp.stack(row, axis=-1) for row in rows], axis=-2)
+
+
+@functools.lru_cache(maxsize=None)
+def affine() -> Transform:
+  """General affine: params are theta's 6 entries, row-major."""
+  return _matrix_family("affine", [1, 0, 0, 0, 1, 0],
+                        lambda p: p.reshape(p.shape[:-1] + (2, 3)))
+
+
+@functools.lru_cache(maxsize=None)
+def translation() -> Transform:
+  """Translation: params `(tx, ty)` in normalized units."""
+  def to_theta(p):
+    one, zero = jnp.ones_like(p[..., 0]), jnp.zeros_like(p[..., 0])
+    return _rows((one, zero, p[..., 0]), (zero, one, p[..., 1]))
+  return _matrix_family("translation", [0, 0], to_theta)
+
+
+@functools.lru_cache(maxsize=None)
+def scale_translation() -> Transform:
+  """The paper's attention crop: params `(s, tx, ty)`, theta `[[s, 0, tx], [0, s, ty]]`."""
+  def to_theta(p):
+    zero = jnp.zeros_like(p[..., 0])
+    return _rows((p[..., 0], zero, p[..., 1]), (zero, p[..., 0], p[..., 2]))
+  return _matrix_family("scale_translation", [1, 0, 0], to_theta)
+
+
+@functools.lru_cache(maxsize=None)
+def similarity() -> Transform:
+  """Rotation, isotropic scale and translation: params `(angle, log_scale, tx, ty)`.
+
+  angle in radians; the scale is `exp(log_scale)`, so every vector is valid.
+  """
+  def to_theta(p):
+    scale = jnp.exp(p[..., 1])
+    cos, sin = scale * jnp.cos(p[..., 0]), scale * jnp.sin(p[..., 0])
+    return _rows((cos, -sin, p[..., 2]), (sin, cos, p[..., 3]))
+  return _matrix_family("similarity", [0, 0, 0, 0], to_theta)
+
+
+@functools.lru_cache(maxsize=None)
+def projective() -> Transform:
+  """Homography: params are the first 8 entries of a `[3, 3]` theta whose last is 1."""
+  def to_theta(p):
+    full = jnp.concatenate([p, jnp.ones_like(p[..., :1])], axis=-1)
+    return full.reshape(p.shape[:-1] + (3, 3))
+  return _matrix_family("projective", [1, 0, 0, 0, 1, 0, 0, 0], to_theta)
+
+
+def _control_points(lattice_shape):
+  """Control points `[K, 2]` (x, y) on a rows x cols lattice over [-1, 1]^2, row-major."""
+  rows, cols = lattice_shape
+  y, x = np.meshgrid(np.linspace(-1, 1, rows), np.linspace(-1, 1, cols), indexing="ij")
+  return np.stack([x.ravel(), y.ravel()], axis=-1)
+
+
+def _radial_basis(points, centres):
+  """U(r) = r^2 log r^2 between `[N, 2]` points and `[K, 2]` centres: `[N, K]`."""
+  squared = ((points[:, None, :] - centres[None, :, :]) ** 2).sum(-1)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(squared > 0, squared * np.log(squared), 0.0)
+
+
+@functools.lru_cache(maxsize=64)
+def _tps_interpolation(lattice_shape, out_shape, align_corners):
+  """Fixed linear map from control-point offsets to grid offsets: float64 `[Ho * Wo, K]`.
+
+  A thin-plate spline through the control points is linear in their source positions;
+  it reproduces affine maps, so zero offsets give back the regular grid.
+  """
+  centres = _control_points(lattice_shape)
+  num_points = len(centres)
+  system = np.zeros((num_points + 3, num_points + 3))
+  system[:num_points, :num_points] = _radial_basis(centres, centres)
+  system[:num_points, num_points] = 1
+  system[:num_points, num_points + 1:] = centres
+  system[num_points, :num_points] = 1
+  system[num_points + 1:, :num_points] = centres.T
+  out_height, out_width = out_shape
+  out_x = grid_lib.centred_pixels(out_width) * grid_lib.units_per_pixel(out_width, align_corners)
+  out_y = grid_lib.centred_pixels(out_height) * grid_lib.units_per_pixel(out_height, align_corners)
+  y, x = np.meshgrid(out_y, out_x, indexing="ij")
+  points = np.stack([x.ravel(), y.ravel()], axis=-1)
+  features = np.concatenate(
+      [_radial_basis(points, centres), np.ones((len(points), 1)), points], axis=-1)
+  # Only the first K columns of the inverse meet non-zero right-hand sides.
+  return features @ np.linalg.inv(system)[:, :num_points]
+
+
+def tps(lattice_shape=(4, 4)) -> Transform:
+  """Thin-plate spline with control points on a regular lattice over the output.
+
+  The paper's TPS uses a 4x4 lattice (16 points). Params are the `(dx, dy)` offsets of
+  the control points' source positions, `[..., 2 * K]` as K pairs in row-major order;
+  zero offsets are the identity. `theta` is None: use `grid` or `warp`.
+  """
+  try:
+    rows, cols = (int(n) for n in lattice_shape)
+  except (TypeError, ValueError):
+    raise ValueError(f"lattice_shape must be (rows, cols), got {lattice_shape!r}.") from None
+  if rows < 2 or cols < 2:
+    raise ValueError(f"lattice_shape needs at least 2 x 2 control points, got {lattice_shape!r}.")
+  return _tps((rows, cols))
+
+
+@functools.lru_cache(maxsize=None)
+def _tps(lattice_shape):
+  """The tps family for a checked (rows, cols); cached so equal lattices share one object."""
+  rows, cols = lattice_shape
+  num_params = 2 * rows * cols
+
+  def offsets(params, out_shape, align_corners, x_scale, y_scale):
+    _check_params(params, "tps", num_params)
+    out_shape = _validation.check_size(out_shape, "out_shape")
+    interpolation = _tps_interpolation(lattice_shape, out_shape, bool(align_corners))
+    pairs = params.astype(jnp.float32).reshape(params.shape[:-1] + (rows * cols, 2))
+    dx = pairs[..., 0] @ jnp.asarray((interpolation * x_scale).T, jnp.float32)
+    dy = pairs[..., 1] @ jnp.asarray((interpolation * y_scale).T, jnp.float32)
+    return dx.reshape(dx.shape[:-1] + out_shape), dy.reshape(dy.shape[:-1] + out_shape)
+
+  def grid(params, out_shape, *, align_corners=False):
+    dx, dy = offsets(params, out_shape, align_corners, 1.0, 1.0)
+    base = grid_lib.affine_grid(jnp.eye(2, 3), out_shape, align_corners=align_corners)
+    return base + jnp.stack([dx, dy], axis=-1)
+
+  def source_pixels(params, in_shape, out_shape, align_corners):
+    (in_height, in_width), (out_height, out_width) = in_shape, out_shape
+    x_scale = grid_lib.pixels_per_unit(in_width, align_corners)
+    y_scale = grid_lib.pixels_per_unit(in_height, align_corners)
+    dx, dy = offsets(params, out_shape, align_corners, x_scale, y_scale)
+    # Base positions in pixels, computed in float64: exact when in and out sizes agree.
+    base_x = (in_width - 1) / 2 + x_scale * grid_lib.centred_pixels(out_width) * (
+        grid_lib.units_per_pixel(out_width, align_corners))
+    base_y = (in_height - 1) / 2 + y_scale * grid_lib.centred_pixels(out_height) * (
+        grid_lib.units_per_pixel(out_height, align_corners))
+    return (jnp.asarray(base_x, jnp.float32) + dx,
+            jnp.asarray(base_y, jnp.float32)[:, None] + dy)
+
+  return Transform("tps", num_params, (0.0,) * num_params, None, grid, source_pixels)
+
+
+_FAMILIES = {
+    "affine": affine,
+    "translation": translation,
+    "scale_translation": scale_translation,
+    "similarity": similarity,
+    "projective": projective,
+    "tps": tps,
+}
+
+
+def names() -> tuple[str, ...]:
+  """The names `get` accepts."""
+  return tuple(_FAMILIES)
+
+
+def get(name: str, **options) -> Transform:
+  """The family called `name`; options go to its factory (e.g. `lattice_shape` for tps)."""
+  if name not in _FAMILIES:
+    raise ValueError(f"Unknown transform family {name!r}; expected one of {names()}.")
+  return _FAMILIES[name](**options)
+
+
+@functools.partial(jax.jit, static_argnames=("transform", "out_shape", "method",
+                                             "padding_mode", "align_corners"))
+def _warp(transform, params, image, out_shape, method, padding_mode, align_corners):
+  _validation.check_image(image)
+  _check_params(params, transform.name, transform.num_params)
+  _validation.check_batch_prefix(image.shape, params.shape, "params",
+                                 f"[{transform.num_params}]")
+  in_shape = image.shape[-3:-1]
+  x, y = transform.source_pixels(params, in_shape, out_shape or in_shape, align_corners)
+  return sampling.sample_pixels(image, x, y, method, padding_mode, align_corners)
+
+
+def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=None, *,
+         method: str = "bilinear", padding_mode: str = "zeros",
+         align_corners: bool = False) -> jax.Array:
+  """Samples `image` with the transform given by `params`.
+
+  Args:
+    transform: a `Transform`, e.g. `get("tps")`.
+    params: `[*batch, ..., num_params]`; starts with the image's batch dims, extra
+      dims are glimpses, as theta in `stnjax.sample`.
+    image: `[*batch, H, W, C]`.
+    out_shape, method, padding_mode, align_corners: as in `stnjax.sample`.
+
+  Returns:
+    `[*batch, ..., Ho, Wo, C]`; identity params return the image exactly.
+  """
+  _validation.check_options(method, padding_mode)
+  if out_shape is not None:
+    out_shape = _validation.check_size(out_shape, "out_shape")
+  return _warp(transform, params, image, out_shape, method, padding_mode, bool(align_corners))
