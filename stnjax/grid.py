@@ -171,15 +171,22 @@ def _pixel_from_normalized_matrix(shape, align_corners) -> np.ndarray:
   ])
 
 
-def _normalized_from_pixel_matrix(shape, align_corners) -> np.ndarray:
+def _normalize_rows(pixel_rows, shape, align_corners):
+  """Pixel-valued rows `[..., 3, 3]` (x, y, w) to normalized ones, for an image of `shape`.
+
+  Divides by the scale rather than multiplying by its rounded inverse, so that whole
+  pixel offsets become the correctly rounded normalized value.
+  """
   height, width = shape
-  x_scale = units_per_pixel(width, align_corners)
-  y_scale = units_per_pixel(height, align_corners)
-  return np.array([
-      [x_scale, 0.0, -x_scale * (width - 1) / 2],
-      [0.0, y_scale, -y_scale * (height - 1) / 2],
-      [0.0, 0.0, 1.0],
-  ])
+  x_scale = pixels_per_unit(width, align_corners)
+  y_scale = pixels_per_unit(height, align_corners)
+  w_row = pixel_rows[..., 2, :]
+  x_row = pixel_rows[..., 0, :] - np.float32((width - 1) / 2) * w_row
+  y_row = pixel_rows[..., 1, :] - np.float32((height - 1) / 2) * w_row
+  # A size-1 axis with align_corners has no extent: PyTorch maps it to 0.
+  x_row = x_row / np.float32(x_scale) if x_scale else jnp.zeros_like(x_row)
+  y_row = y_row / np.float32(y_scale) if y_scale else jnp.zeros_like(y_row)
+  return jnp.stack([x_row, y_row, w_row], axis=-2)
 
 
 def _check_matrix(matrix, name):
@@ -219,9 +226,8 @@ def theta_from_pixel_matrix(matrix: jax.Array, in_shape, out_shape=None, *,
   pull = _to_homogeneous(matrix)
   if not inverse_map:
     pull = jnp.linalg.inv(pull)
-  to_normalized = jnp.asarray(_normalized_from_pixel_matrix(in_shape, align_corners), jnp.float32)
   from_normalized = jnp.asarray(_pixel_from_normalized_matrix(out_shape, align_corners), jnp.float32)
-  theta = to_normalized @ pull @ from_normalized
+  theta = _normalize_rows(pull @ from_normalized, in_shape, align_corners)
   return theta[..., :matrix.shape[-2], :]
 
 
@@ -237,7 +243,13 @@ def pixel_matrix_from_theta(theta: jax.Array, in_shape, out_shape=None, *,
   _validation.check_theta(theta)
   theta = theta.astype(jnp.float32)
   from_normalized = jnp.asarray(_pixel_from_normalized_matrix(in_shape, align_corners), jnp.float32)
-  to_normalized = jnp.asarray(_normalized_from_pixel_matrix(out_shape, align_corners), jnp.float32)
-  pull = from_normalized @ _to_homogeneous(theta) @ to_normalized
+  theta_pixels = from_normalized @ _to_homogeneous(theta)
+  # Right-multiply by the output's pixel -> normalized map, column by column.
+  out_height, out_width = out_shape
+  x_column = theta_pixels[..., :, 0] * np.float32(units_per_pixel(out_width, align_corners))
+  y_column = theta_pixels[..., :, 1] * np.float32(units_per_pixel(out_height, align_corners))
+  w_column = (theta_pixels[..., :, 2] - np.float32((out_width - 1) / 2) * x_column
+              - np.float32((out_height - 1) / 2) * y_column)
+  pull = jnp.stack([x_column, y_column, w_column], axis=-1)
   matrix = pull if inverse_map else jnp.linalg.inv(pull)
   return matrix[..., :theta.shape[-2], :]

@@ -121,8 +121,10 @@ def _cubic_weights(t):
 def _bicubic(image, x, y, padding_mode, align_corners):
   # Padding applies to each tap, not to the sampling point, as in PyTorch.
   x_floor, y_floor = jnp.floor(x), jnp.floor(y)
-  col_weights = _cubic_weights(x - x_floor)
-  row_weights = _cubic_weights(y - y_floor)
+  # inf - inf would poison the weights of taps that border padding keeps; any finite
+  # fraction is right there, as the four weights sum to one.
+  col_weights = _cubic_weights(jnp.where(jnp.isfinite(x), x - x_floor, 0.0))
+  row_weights = _cubic_weights(jnp.where(jnp.isfinite(y), y - y_floor, 0.0))
   cols = [_index_and_mask(_apply_padding(x_floor + offset, image.width, padding_mode,
                                          align_corners), image.width)
           for offset in (-1, 0, 1, 2)]

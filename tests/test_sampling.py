@@ -1,0 +1,300 @@
+"""Properties of grid_sample and sample beyond PyTorch parity (see test_parity.py)."""
+
+import functools
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+import stnjax
+from stnjax import sampling
+
+METHODS = ("bilinear", "nearest", "bicubic")
+PADDING_MODES = ("zeros", "border", "reflection")
+
+
+def random_image(shape, seed=0, dtype=jnp.float32):
+  return jnp.asarray(np.random.default_rng(seed).uniform(-1, 1, shape), dtype)
+
+
+def batched_theta(theta, *batch):
+  return jnp.broadcast_to(jnp.asarray(theta, jnp.float32), batch + np.shape(theta))
+
+
+def pixel_translation(dx, dy, shape, align_corners=False):
+  """theta that reads input pixel (x + dx, y + dy) for output pixel (x, y)."""
+  matrix = jnp.array([[1.0, 0.0, dx], [0.0, 1.0, dy]])
+  return stnjax.theta_from_pixel_matrix(matrix, shape, align_corners=align_corners,
+                                        inverse_map=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("shape", [(5, 7), (13, 17), (1, 6)])
+def test_identity_returns_input_exactly(method, align_corners, shape):
+  image = random_image((2,) + shape + (3,))
+  for theta in (jnp.eye(2, 3), jnp.eye(3)):
+    out = stnjax.sample(batched_theta(theta, 2), image, method=method,
+                        align_corners=align_corners)
+    np.testing.assert_array_equal(out, image)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+@pytest.mark.parametrize("shape", [(5, 7), (13, 17)])
+def test_one_pixel_translation_moves_content_one_pixel(method, padding_mode, shape):
+  image = random_image(shape + (2,))
+  right = stnjax.sample(pixel_translation(1.0, 0.0, shape), image, method=method,
+                        padding_mode=padding_mode)
+  down = stnjax.sample(pixel_translation(0.0, 1.0, shape), image, method=method,
+                       padding_mode=padding_mode)
+  # Output pixel (x, y) reads input pixel (x + 1, y): content moves left (and up) by one.
+  np.testing.assert_array_equal(right[:, :-1], image[:, 1:])
+  np.testing.assert_array_equal(down[:-1], image[1:])
+  if padding_mode == "border" and method != "bicubic":
+    np.testing.assert_array_equal(right[:, -1], image[:, -1])
+
+
+def test_non_square_axes_are_not_swapped():
+  # A 5x7 image whose value is its column index: x must run along W.
+  image = jnp.broadcast_to(jnp.arange(7.0)[None, :, None], (5, 7, 1))
+  grid = stnjax.affine_grid(jnp.eye(2, 3), (5, 7))
+  assert grid.shape == (5, 7, 2)
+  np.testing.assert_allclose(grid[0, :, 0], (2 * np.arange(7) + 1) / 7 - 1, atol=1e-6)
+  np.testing.assert_allclose(grid[:, 0, 1], (2 * np.arange(5) + 1) / 5 - 1, atol=1e-6)
+  half_width = stnjax.sample(jnp.array([[0.5, 0, 0], [0, 1, 0]]), image)
+  np.testing.assert_allclose(half_width[0, :, 0], np.clip(np.arange(7) / 2 + 1.5, 0, 6),
+                             atol=1e-5)
+
+
+def test_gradient_wrt_translation_is_nonzero_at_identity():
+  image = random_image((5, 7, 1))
+  grad = jax.grad(lambda theta: stnjax.sample(theta, image).sum())(jnp.eye(2, 3))
+  assert np.all(np.abs(grad[:, 2]) > 1e-3), grad
+
+
+class VariantsTest(parameterized.TestCase):
+  """Each public function under jit and without it gives the same values and gradients."""
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.parameters(*itertools.product(METHODS, PADDING_MODES))
+  def test_sample(self, method, padding_mode):
+    image = random_image((2, 5, 7, 3))
+    theta = batched_theta([[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], 2)
+    fn = self.variant(functools.partial(stnjax.sample, out_shape=(6, 4), method=method,
+                                        padding_mode=padding_mode))
+    reference = stnjax.sample(theta, image, (6, 4), method=method, padding_mode=padding_mode)
+    np.testing.assert_allclose(fn(theta, image), reference, atol=1e-6)
+    grads = self.variant(jax.grad(lambda t, i: stnjax.sample(
+        t, i, (6, 4), method=method, padding_mode=padding_mode).sum(), argnums=(0, 1)))
+    grad_theta, grad_image = grads(theta, image)
+    assert grad_theta.shape == theta.shape and grad_image.shape == image.shape
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_grid_sample_and_affine_grid(self):
+    image = random_image((2, 5, 7, 3))
+    theta = batched_theta([[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], 2)
+    grid = self.variant(functools.partial(stnjax.affine_grid, out_shape=(6, 4)))(theta)
+    out = self.variant(stnjax.grid_sample)(image, grid)
+    np.testing.assert_allclose(out, stnjax.sample(theta, image, (6, 4)), atol=1e-5)
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_pixel_helpers(self):
+    theta = batched_theta([[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], 2)
+    to_pixels = self.variant(functools.partial(stnjax.pixel_matrix_from_theta,
+                                               in_shape=(5, 7)))
+    to_theta = self.variant(functools.partial(stnjax.theta_from_pixel_matrix,
+                                              in_shape=(5, 7)))
+    np.testing.assert_allclose(to_theta(to_pixels(theta)), theta, atol=1e-5)
+
+
+def test_vmap_matches_batched_call():
+  image = random_image((3, 5, 7, 2))
+  theta = jnp.asarray(np.random.default_rng(1).normal(0, 0.2, (3, 2, 3)) + np.eye(2, 3),
+                      jnp.float32)
+  batched = stnjax.sample(theta, image, (4, 6), method="bicubic", padding_mode="reflection")
+  mapped = jax.vmap(lambda t, i: stnjax.sample(t, i, (4, 6), method="bicubic",
+                                               padding_mode="reflection"))(theta, image)
+  np.testing.assert_allclose(mapped, batched, atol=1e-6)
+  grid = stnjax.affine_grid(theta, (4, 6))
+  np.testing.assert_allclose(jax.vmap(stnjax.grid_sample)(image, grid),
+                             stnjax.grid_sample(image, grid), atol=1e-6)
+  np.testing.assert_allclose(jax.vmap(lambda t: stnjax.affine_grid(t, (4, 6)))(theta), grid)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+def test_numeric_gradients(method, padding_mode):
+  image = random_image((2, 5, 7, 2), seed=3)
+  theta = batched_theta([[0.83, 0.21, 0.137], [-0.11, 1.07, -0.193]], 2)
+
+  def warp(theta, image):
+    return stnjax.sample(theta, image, (4, 6), method=method, padding_mode=padding_mode)
+
+  # float32 central differences: a small step keeps clear of the kinks at integer
+  # pixel positions; tolerances are those float32 differences allow.
+  jax.test_util.check_grads(warp, (theta, image), order=1, modes=["rev"], eps=1e-3,
+                            atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
+@pytest.mark.parametrize("method", METHODS)
+def test_float_dtypes_are_kept(dtype, method):
+  image = random_image((2, 5, 7, 3))
+  theta = batched_theta([[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], 2)
+  out = stnjax.sample(theta, image.astype(dtype), method=method)
+  assert out.dtype == dtype
+  reference = stnjax.sample(theta, image.astype(dtype).astype(jnp.float32), method=method)
+  np.testing.assert_allclose(np.asarray(out, np.float32), reference,
+                             atol=float(jnp.finfo(dtype).eps) * 4)
+  grad_image, grad_theta = jax.grad(
+      lambda i, t: stnjax.sample(t, i, method=method).astype(jnp.float32).sum(),
+      argnums=(0, 1))(image.astype(dtype), theta.astype(dtype))
+  assert grad_image.dtype == dtype and grad_theta.dtype == dtype
+
+
+def test_uint8_images_are_read_as_float32():
+  image = jnp.asarray(np.random.default_rng(0).integers(0, 256, (5, 7, 3)), jnp.uint8)
+  out = stnjax.sample(jnp.eye(2, 3), image)
+  assert out.dtype == jnp.float32
+  np.testing.assert_array_equal(out, image.astype(jnp.float32))
+  shifted = stnjax.sample(jnp.array([[1.0, 0, 0.1], [0, 1, 0]]), image)
+  assert shifted.dtype == jnp.float32 and float(shifted.max()) <= 255
+
+
+def test_second_call_with_same_shapes_does_not_recompile():
+  image = random_image((2, 5, 7, 3))
+  theta = batched_theta(jnp.eye(2, 3), 2)
+  stnjax.sample(theta, image, (4, 4), method="bicubic")
+  compiled = sampling._sample._cache_size()
+  stnjax.sample(theta + 0.1, image * 2, (4, 4), method="bicubic")
+  stnjax.sample(theta, image, [4, 4], method="bicubic")  # A list names the same shape.
+  assert sampling._sample._cache_size() == compiled
+  grid = stnjax.affine_grid(theta, (4, 4))
+  stnjax.grid_sample(image, grid)
+  compiled = sampling._grid_sample._cache_size()
+  stnjax.grid_sample(image + 1, grid * 0.5)
+  assert sampling._grid_sample._cache_size() == compiled
+
+
+def intermediate_shapes(jaxpr):
+  """Shapes of every value a jaxpr (and the jaxprs nested in it) computes."""
+  shapes = []
+  for equation in jaxpr.eqns:
+    shapes += [tuple(v.aval.shape) for v in equation.outvars]
+    for param in equation.params.values():
+      inner = getattr(param, "jaxpr", param)
+      if hasattr(inner, "eqns"):
+        shapes += intermediate_shapes(inner)
+  return shapes
+
+
+def test_glimpses_read_one_image_without_copying_it():
+  batch, glimpses, height, width, channels = 2, 4, 13, 17, 5
+  image = random_image((batch, height, width, channels))
+  rng = np.random.default_rng(2)
+  theta = jnp.asarray(np.eye(2, 3) + rng.normal(0, 0.2, (batch, glimpses, 2, 3)), jnp.float32)
+  out = stnjax.sample(theta, image, (6, 5))
+  assert out.shape == (batch, glimpses, 6, 5, channels)
+  for k in range(glimpses):
+    np.testing.assert_allclose(out[:, k], stnjax.sample(theta[:, k], image, (6, 5)), atol=1e-6)
+
+  def loss(theta, image):
+    return stnjax.sample(theta, image, (6, 5)).sum()
+
+  shapes = intermediate_shapes(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(theta, image).jaxpr)
+  image_copies = [s for s in shapes if s[-3:] == (height, width, channels) and glimpses in s[:-3]]
+  assert not image_copies, image_copies
+  # No batch of base grids either: nothing shaped [..., Ho, Wo, 2 or 3] or [..., Ho*Wo, 3].
+  base_grids = [s for s in shapes if s[-3:] in ((6, 5, 2), (6, 5, 3)) or s[-2:] == (30, 3)]
+  assert not base_grids, base_grids
+
+
+def test_single_image_with_several_thetas():
+  image = random_image((5, 7, 3))
+  theta = batched_theta(jnp.eye(2, 3), 4)
+  out = stnjax.sample(theta, image)
+  assert out.shape == (4, 5, 7, 3)
+  np.testing.assert_array_equal(out[2], image)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("padding_mode", PADDING_MODES)
+def test_huge_and_non_finite_coordinates_stay_inside(method, padding_mode):
+  image = random_image((5, 7, 2)) + 2.0  # No zeros in the image.
+  values = [1e30, -1e30, np.inf, -np.inf, np.nan, 3e9]
+  grid = jnp.asarray([[[x, y] for x in values] for y in values], jnp.float32)
+  out = np.asarray(stnjax.grid_sample(image, grid, method=method, padding_mode=padding_mode))
+  assert np.isfinite(out).all()
+  nan_rows = [i for i, v in enumerate(values) if np.isnan(v)]
+  np.testing.assert_array_equal(out[nan_rows], 0.0)  # NaN reads zero in every mode.
+  np.testing.assert_array_equal(out[:, nan_rows], 0.0)
+  finite_out = out[:, [0, 1, 5]][[0, 1, 5]]
+  if padding_mode == "zeros":
+    np.testing.assert_array_equal(out, 0.0)
+  elif padding_mode == "border" and method != "bicubic":
+    corners = {image[i, j, 0].item() for i in (0, -1) for j in (0, -1)}
+    assert set(finite_out[..., 0].ravel().tolist()) <= corners
+
+
+def test_nan_theta_gives_zeros():
+  image = random_image((2, 5, 7, 3)) + 2.0
+  theta = batched_theta(jnp.full((2, 3), jnp.nan), 2)
+  for method, padding_mode in itertools.product(METHODS, PADDING_MODES):
+    out = stnjax.sample(theta, image, method=method, padding_mode=padding_mode)
+    np.testing.assert_array_equal(out, 0.0)
+
+
+def test_zero_perspective_denominator_is_safe():
+  theta = jnp.array([[1.0, 0, 0], [0, 1, 0], [1.0, 0, 0]])  # w = x: zero on a column.
+  out = stnjax.sample(theta, random_image((5, 8, 1)), align_corners=True)
+  assert np.isfinite(np.asarray(out)).all()
+
+
+BAD_INPUTS = [
+    # (function, args, kwargs, exception, message fragment)
+    (stnjax.sample, (jnp.eye(2, 3), jnp.zeros((5, 7))), {}, ValueError, r"\[\.\.\., H, W, C\]"),
+    (stnjax.sample, (jnp.zeros((2, 3)), jnp.zeros((2, 5, 7, 1))), {}, ValueError,
+     r"image shape \(2, 5, 7, 1\) needs theta of rank >= 3, got shape \(2, 3\)"),
+    (stnjax.sample, (jnp.zeros((3, 2, 3)), jnp.zeros((2, 5, 7, 1))), {}, ValueError,
+     r"got \(3, 2, 3\)"),
+    (stnjax.sample, (jnp.zeros((2, 4)), jnp.zeros((5, 7, 1))), {}, ValueError,
+     r"\[\.\.\., 2, 3\].*got shape \(2, 4\)"),
+    (stnjax.sample, (jnp.zeros((2, 3), jnp.int32), jnp.zeros((5, 7, 1))), {}, TypeError,
+     "theta must have a floating dtype, got int32"),
+    (stnjax.sample, (jnp.eye(2, 3), jnp.zeros((5, 7, 1), bool)), {}, TypeError,
+     "float or integer dtype, got bool"),
+    (stnjax.sample, (jnp.eye(2, 3), jnp.zeros((5, 7, 1))), {"method": "linear"}, ValueError,
+     r"method must be one of .*got 'linear'"),
+    (stnjax.sample, (jnp.eye(2, 3), jnp.zeros((5, 7, 1))), {"padding_mode": "wrap"},
+     ValueError, r"padding_mode must be one of .*got 'wrap'"),
+    (stnjax.sample, (jnp.eye(2, 3), jnp.zeros((5, 7, 1))), {"out_shape": (4, 0)}, ValueError,
+     "out_shape must be a pair"),
+    (stnjax.sample, (jnp.eye(2, 3), jnp.zeros((5, 7, 1))), {"out_shape": 4}, ValueError,
+     "out_shape must be a pair"),
+    (stnjax.grid_sample, (jnp.zeros((5, 7, 1)), jnp.zeros((4, 4, 3))), {}, ValueError,
+     r"last axis \(x, y\), got shape \(4, 4, 3\)"),
+    (stnjax.grid_sample, (jnp.zeros((2, 5, 7, 1)), jnp.zeros((3, 4, 4, 2))), {}, ValueError,
+     r"batch dims \(2,\)"),
+    (stnjax.grid_sample, (jnp.zeros((2, 5, 7, 1)), jnp.zeros((4, 4, 2))), {}, ValueError,
+     "rank >= 4"),
+    (stnjax.grid_sample, (jnp.zeros((5, 7, 1)), jnp.zeros((4, 4, 2), jnp.int32)), {}, TypeError,
+     "grid must have a floating dtype"),
+    (stnjax.grid_sample, (jnp.zeros((5, 7, 1)), jnp.zeros((4, 4, 2))), {"method": "cubic"},
+     ValueError, "method must be one of"),
+    (stnjax.affine_grid, (jnp.zeros((2, 2)), (4, 4)), {}, ValueError, r"got shape \(2, 2\)"),
+    (stnjax.affine_grid, (jnp.eye(2, 3), (4, 4, 1)), {}, ValueError, "out_shape must be a pair"),
+    (stnjax.theta_from_pixel_matrix, (jnp.zeros((4, 3)), (5, 7)), {}, ValueError,
+     r"matrix must have shape \[\.\.\., 2, 3\] or \[\.\.\., 3, 3\], got \(4, 3\)"),
+]
+
+
+@pytest.mark.parametrize("function,args,kwargs,error,message", BAD_INPUTS,
+                         ids=[f"{case[0].__name__}-{i}" for i, case in enumerate(BAD_INPUTS)])
+def test_bad_input_messages(function, args, kwargs, error, message):
+  with pytest.raises(error, match=message):
+    function(*args, **kwargs)
