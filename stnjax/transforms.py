@@ -8,9 +8,11 @@ vector whose transform does nothing (initialize the net's last bias to it);
 `warp(transform, params, image)` samples an image with any of them.
 
 >>> import jax.numpy as jnp
->>> family = get("similarity")
->>> family.num_params, family.theta(jnp.asarray(family.identity_params)).tolist()
-(4, [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+>>> family = get("scale_translation")
+>>> family.num_params, family.identity_params
+(3, (1.0, 0.0, 0.0))
+>>> family.theta(jnp.array([0.5, 0.25, 0.0])).tolist()
+[[0.5, 0.0, 0.25], [0.0, 0.5, 0.0]]
 """
 
 import functools
