@@ -14,20 +14,28 @@ Conventions, the same everywhere in the package:
 Results match PyTorch's `affine_grid` and `grid_sample` with NCHW transposed to NHWC.
 """
 
+from stnjax import linen
+from stnjax import nnx
 from stnjax import transforms
+from stnjax._heads import TransformOutput
 from stnjax.grid import affine_grid
 from stnjax.grid import normalized_to_pixel
 from stnjax.grid import pixel_matrix_from_theta
 from stnjax.grid import pixel_to_normalized
 from stnjax.grid import theta_from_pixel_matrix
+from stnjax.linen import SpatialTransformer
 from stnjax.sampling import grid_sample
 from stnjax.sampling import sample
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "SpatialTransformer",
+    "TransformOutput",
     "affine_grid",
     "grid_sample",
+    "linen",
+    "nnx",
     "normalized_to_pixel",
     "pixel_matrix_from_theta",
     "pixel_to_normalized",

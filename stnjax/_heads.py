@@ -1,0 +1,78 @@
+"""What the Linen and NNX spatial transformers share: regression init, warping the heads."""
+
+from typing import NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stnjax import _validation
+from stnjax import transforms
+
+HEAD_LAYOUTS = ("stack", "concat")
+
+
+class TransformOutput(NamedTuple):
+  """The transform a spatial transformer applied, for visualization and losses.
+
+  Attributes:
+    params: `[B, P]` (or `[B, K, P]` with K heads) parameters of the family.
+    theta: `[B, (K,) 2 or 3, 3]` for matrix families, else None.
+    grid: `[B, (K,) Ho, Wo, 2]` normalized sampling grid for `tps`, else None.
+  """
+  params: jax.Array
+  theta: Optional[jax.Array]
+  grid: Optional[jax.Array]
+
+
+def resolve_transform(transform: Union[str, transforms.Transform]) -> transforms.Transform:
+  if isinstance(transform, transforms.Transform):
+    return transform
+  if isinstance(transform, str):
+    return transforms.get(transform)
+  raise TypeError(f"transform must be a family name {transforms.names()} or a "
+                  f"stnjax.transforms.Transform, got {type(transform).__name__}.")
+
+
+def check_options(num_heads, heads, method, padding_mode):
+  if not isinstance(num_heads, int) or num_heads < 1:
+    raise ValueError(f"num_heads must be a positive int, got {num_heads!r}.")
+  if heads not in HEAD_LAYOUTS:
+    raise ValueError(f"heads must be one of {HEAD_LAYOUTS}, got {heads!r}.")
+  _validation.check_options(method, padding_mode)
+
+
+def check_input(x, name):
+  if not hasattr(x, "ndim") or x.ndim != 4:
+    shape = tuple(x.shape) if hasattr(x, "shape") else type(x).__name__
+    raise ValueError(f"{name} takes [B, H, W, C] inputs, got {shape}.")
+
+
+def identity_bias(family: transforms.Transform, num_heads: int) -> np.ndarray:
+  """Bias of the regression layer: the identity parameters, once per head."""
+  return np.tile(np.asarray(family.identity_params, np.float32), num_heads)
+
+
+def warp_heads(family, raw_params, x, *, num_heads, heads, out_shape, method, padding_mode,
+               align_corners):
+  """Warps x `[B, H, W, C]` with regressed `raw_params` `[B, K * P]`.
+
+  Returns:
+    `(out, TransformOutput)`. out is `[B, Ho, Wo, C]` for one head; with K > 1 heads,
+    `[B, K, Ho, Wo, C]` (heads="stack") or `[B, Ho, Wo, K * C]` (heads="concat").
+  """
+  batch = x.shape[0]
+  params = raw_params.reshape(batch, num_heads, family.num_params)
+  if num_heads == 1:
+    params = params[:, 0]
+  out = transforms.warp(family, params, x, out_shape, method=method, padding_mode=padding_mode,
+                        align_corners=align_corners)
+  if num_heads > 1 and heads == "concat":
+    out = jnp.moveaxis(out, 1, -2).reshape(out.shape[:1] + out.shape[2:-1] + (-1,))
+  out_shape = out_shape or x.shape[1:3]
+  if family.theta is not None:
+    info = TransformOutput(params, family.theta(params), None)
+  else:
+    info = TransformOutput(params, None, family.grid(params, out_shape,
+                                                     align_corners=align_corners))
+  return out, info
