@@ -62,10 +62,14 @@ def check_size(size, name: str) -> tuple[int, int]:
 
 
 def check_batch_prefix(image_shape, other_shape, other_name: str, other_layout: str) -> None:
-  """The leading (batch) dims of `image` must start the shape of theta or grid."""
+  """The leading (batch) dims of `image` must start the shape of theta, grid or params.
+
+  other_layout: the trailing dims in words, e.g. "2 or 3, 3".
+  """
   batch = tuple(image_shape[:-3])
   if tuple(other_shape[:len(batch)]) != batch:
+    expected = ", ".join([str(d) for d in batch] + ["...", other_layout])
     raise ValueError(
         f"{other_name} must start with the image's batch dims {batch}: expected "
-        f"{other_name} shape {batch + ('...',)}{other_layout}, got {tuple(other_shape)} "
-        f"for image shape {tuple(image_shape)}.")
+        f"{other_name} shape [{expected}], got {tuple(other_shape)} for image shape "
+        f"{tuple(image_shape)}.")

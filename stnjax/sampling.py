@@ -180,7 +180,7 @@ def _grid_sample(image, grid, method, padding_mode, align_corners):
     raise ValueError(
         f"grid must have the image's batch dims then [..., Ho, Wo, 2]: image shape "
         f"{tuple(image.shape)} needs a grid of rank >= {image.ndim}, got shape {tuple(grid.shape)}.")
-  _validation.check_batch_prefix(image.shape, grid.shape, "grid", "[Ho, Wo, 2]")
+  _validation.check_batch_prefix(image.shape, grid.shape, "grid", "Ho, Wo, 2")
   height, width = image.shape[-3:-1]
   grid = grid.astype(jnp.float32)
   x = grid_lib.unnormalize(grid[..., 0], width, align_corners)
@@ -222,7 +222,7 @@ def _sample(theta, image, out_shape, method, padding_mode, align_corners):
         f"theta must have the image's batch dims then [..., 2, 3] or [..., 3, 3]: image shape "
         f"{tuple(image.shape)} needs theta of rank >= {image.ndim - 1}, "
         f"got shape {tuple(theta.shape)}.")
-  _validation.check_batch_prefix(image.shape, theta.shape, "theta", "[2 or 3, 3]")
+  _validation.check_batch_prefix(image.shape, theta.shape, "theta", "2 or 3, 3")
   in_shape = image.shape[-3:-1]
   x, y = grid_lib.source_pixels(theta, in_shape, out_shape or in_shape, align_corners)
   return sample_pixels(image, x, y, method, padding_mode, align_corners)

@@ -263,7 +263,7 @@ def _warp(transform, params, image, out_shape, method, padding_mode, align_corne
   _validation.check_image(image)
   _check_params(params, transform.name, transform.num_params)
   _validation.check_batch_prefix(image.shape, params.shape, "params",
-                                 f"[{transform.num_params}]")
+                                 str(transform.num_params))
   in_shape = image.shape[-3:-1]
   x, y = transform.source_pixels(params, in_shape, out_shape or in_shape, align_corners)
   return sampling.sample_pixels(image, x, y, method, padding_mode, align_corners)
