@@ -22,6 +22,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from stnjax import _bilinear
 from stnjax import _validation
 from stnjax import grid as grid_lib
 
@@ -63,14 +64,6 @@ def _apply_padding(coord, size, padding_mode, align_corners):
   return coord
 
 
-def _index_and_mask(coord, size):
-  """Integer index (always inside the axis) and in-bounds mask of integral float coordinates."""
-  inside = (coord >= 0) & (coord <= size - 1)  # False for NaN.
-  # Replace out-of-range values before the integer cast: huge or NaN never cast.
-  index = jnp.where(inside, coord, 0.0).astype(jnp.int32)
-  return index, inside
-
-
 class _Image:
   """One image `[H, W, C]` flattened to rows of channels, for gathers at (row, col)."""
 
@@ -85,25 +78,26 @@ class _Image:
     values = self.pixels[row * self.width + col]
     if weight is None:
       return jnp.where(inside[..., None], values, jnp.zeros((), values.dtype))
-    return jnp.where(inside, weight, 0.0)[..., None] * values
+    return _scale_rows(jnp.where(inside, weight, 0.0), values)
 
 
-def _bilinear(image, x, y):
-  x_left, y_top = jnp.floor(x), jnp.floor(y)  # floor and floor + 1: never ceil.
-  weight_right, weight_bottom = x - x_left, y - y_top
-  out = 0.0
-  for row_coord, row_weight in ((y_top, 1.0 - weight_bottom), (y_top + 1, weight_bottom)):
-    row, row_inside = _index_and_mask(row_coord, image.height)
-    for col_coord, col_weight in ((x_left, 1.0 - weight_right), (x_left + 1, weight_right)):
-      col, col_inside = _index_and_mask(col_coord, image.width)
-      out = out + image.read(row, col, row_inside & col_inside, row_weight * col_weight)
-  return out
+def _scale_rows(weight, values):
+  """weight `[...]` times values `[..., C]`, accumulated in float32.
+
+  Few channels are multiplied one by one: the transpose (taken by autodiff for nearest
+  and bicubic) is then elementwise, where a broadcast's transpose is a reduction over a
+  short channel axis that XLA's CPU backend runs ~20x slower.
+  """
+  channels = values.shape[-1]
+  if channels > _bilinear.UNROLLED_CHANNELS:
+    return weight[..., None] * values
+  return jnp.stack([weight * values[..., c] for c in range(channels)], axis=-1)
 
 
 def _nearest(image, x, y):
   # jnp.round rounds half to even, as std::nearbyint in PyTorch.
-  row, row_inside = _index_and_mask(jnp.round(y), image.height)
-  col, col_inside = _index_and_mask(jnp.round(x), image.width)
+  row, row_inside = _bilinear.index_and_mask(jnp.round(y), image.height)
+  col, col_inside = _bilinear.index_and_mask(jnp.round(x), image.width)
   return image.read(row, col, row_inside & col_inside).astype(jnp.float32)
 
 
@@ -125,12 +119,12 @@ def _bicubic(image, x, y, padding_mode, align_corners):
   # fraction is right there, as the four weights sum to one.
   col_weights = _cubic_weights(jnp.where(jnp.isfinite(x), x - x_floor, 0.0))
   row_weights = _cubic_weights(jnp.where(jnp.isfinite(y), y - y_floor, 0.0))
-  cols = [_index_and_mask(_apply_padding(x_floor + offset, image.width, padding_mode,
+  cols = [_bilinear.index_and_mask(_apply_padding(x_floor + offset, image.width, padding_mode,
                                          align_corners), image.width)
           for offset in (-1, 0, 1, 2)]
   out = 0.0
   for row_offset, row_weight in zip((-1, 0, 1, 2), row_weights):
-    row, row_inside = _index_and_mask(
+    row, row_inside = _bilinear.index_and_mask(
         _apply_padding(y_floor + row_offset, image.height, padding_mode, align_corners),
         image.height)
     for (col, col_inside), col_weight in zip(cols, col_weights):
@@ -145,9 +139,7 @@ def _sample_pixels(image, x, y, method, padding_mode, align_corners):
     return _bicubic(image, x, y, padding_mode, align_corners)
   x = _apply_padding(x, image.width, padding_mode, align_corners)
   y = _apply_padding(y, image.height, padding_mode, align_corners)
-  if method == "nearest":
-    return _nearest(image, x, y)
-  return _bilinear(image, x, y)
+  return _nearest(image, x, y)
 
 
 def sample_pixels(image, x, y, method, padding_mode, align_corners):
@@ -157,17 +149,19 @@ def sample_pixels(image, x, y, method, padding_mode, align_corners):
   image's dtype (float32 for integer images).
   """
   batch_shape = image.shape[:-3]
-  read = functools.partial(_sample_pixels, method=method, padding_mode=padding_mode,
-                           align_corners=align_corners)
-  if batch_shape:
-    batch_size = math.prod(batch_shape)
-    per_example = x.shape[len(batch_shape):]
-    out = jax.vmap(read)(image.reshape((batch_size,) + image.shape[-3:]),
-                         x.reshape((batch_size,) + per_example),
-                         y.reshape((batch_size,) + per_example))
-    out = out.reshape(batch_shape + out.shape[1:])
+  batch_size = math.prod(batch_shape)
+  per_example = x.shape[len(batch_shape):]
+  images = image.reshape((batch_size,) + image.shape[-3:])
+  x, y = x.reshape((batch_size,) + per_example), y.reshape((batch_size,) + per_example)
+  if method == "bilinear":
+    height, width = image.shape[-3:-1]
+    out = _bilinear.bilinear(images, _apply_padding(x, width, padding_mode, align_corners),
+                             _apply_padding(y, height, padding_mode, align_corners))
   else:
-    out = read(image, x, y)
+    read = functools.partial(_sample_pixels, method=method, padding_mode=padding_mode,
+                             align_corners=align_corners)
+    out = jax.vmap(read)(images, x, y)
+  out = out.reshape(batch_shape + out.shape[1:])
   out_dtype = image.dtype if jnp.issubdtype(image.dtype, jnp.floating) else jnp.float32
   return out.astype(out_dtype)
 

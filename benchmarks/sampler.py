@@ -1,0 +1,301 @@
+"""Sampler throughput: stnjax against the samplers a user would pick instead, in one run.
+
+    python benchmarks/sampler.py                  # full run, table on stdout
+    python benchmarks/sampler.py --quick          # fewer repeats
+    python benchmarks/sampler.py --json out.json --plot out.png
+
+Peers: PyTorch affine_grid + grid_sample (NCHW, same data; when torch is installed),
+jax.scipy.ndimage.map_coordinates (order 1, per channel, vmapped), dm-pix
+affine_transform (when installed), and the textbook gather sampler
+(benchmarks/baselines.py). All bilinear, zeros padding, align_corners=False.
+
+Modes: forward; forward + backward w.r.t. theta (the common STN case: the input
+needs no gradient); forward + backward w.r.t. theta and image (an STN on a feature
+map). Each cell is the median of repeated runs after warm-up, with
+block_until_ready (JAX) or a synchronized step (torch). The ratio is PyTorch's time
+divided by the peer's: above 1.0 the peer is faster than PyTorch.
+"""
+
+import argparse
+import dataclasses
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import baselines  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+
+import stnjax  # noqa: E402
+
+MODES = ("forward", "grad_theta", "grad_theta_image")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  batch: int
+  height: int
+  width: int
+  channels: int
+  out_shape: tuple
+
+  @property
+  def label(self):
+    text = f"[{self.batch}, {self.height}, {self.width}, {self.channels}]"
+    if self.out_shape != (self.height, self.width):
+      text += f" -> {self.out_shape[0]}x{self.out_shape[1]}"
+    return text
+
+
+CASES = (
+    Case(256, 28, 28, 1, (28, 28)),
+    Case(256, 32, 32, 3, (32, 32)),
+    Case(64, 64, 64, 3, (64, 64)),
+    Case(16, 224, 224, 3, (224, 224)),
+    Case(256, 60, 60, 1, (30, 30)),
+)
+
+
+def make_inputs(case, seed=0):
+  rng = np.random.default_rng(seed)
+  image = rng.uniform(0, 1, (case.batch, case.height, case.width, case.channels))
+  cotangent = rng.normal(size=(case.batch,) + case.out_shape + (case.channels,))
+  return (image.astype(np.float32), baselines.random_theta(case.batch, seed),
+          cotangent.astype(np.float32))
+
+
+def jax_runner(warp, case, mode, inputs):
+  """A no-argument callable running `warp(theta, image, out_shape)` in `mode`, jitted."""
+  image, theta, cotangent = (jnp.asarray(a) for a in inputs)
+
+  def loss(theta, image):
+    return jnp.vdot(warp(theta, image, case.out_shape), cotangent)
+
+  if mode == "forward":
+    step = jax.jit(lambda theta, image: warp(theta, image, case.out_shape))
+  elif mode == "grad_theta":
+    step = jax.jit(jax.grad(loss))
+  else:
+    step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  return lambda: jax.block_until_ready(step(theta, image))
+
+
+def torch_runner(case, mode, inputs):
+  import torch
+  import torch.nn.functional as F
+
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  image, theta, cotangent = inputs
+  image = torch.tensor(image, device=device).permute(0, 3, 1, 2).contiguous()
+  theta = torch.tensor(theta, device=device)
+  cotangent = torch.tensor(cotangent, device=device).permute(0, 3, 1, 2).contiguous()
+  size = (case.batch, case.channels) + case.out_shape
+  synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+  def forward():
+    with torch.inference_mode():
+      grid = F.affine_grid(theta, size, align_corners=False)
+      out = F.grid_sample(image, grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+    synchronize()
+    return out
+
+  def backward():
+    theta_leaf = theta.detach().requires_grad_()
+    image_leaf = image.detach().requires_grad_(mode == "grad_theta_image")
+    grid = F.affine_grid(theta_leaf, size, align_corners=False)
+    out = F.grid_sample(image_leaf, grid, mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    (out * cotangent).sum().backward()
+    synchronize()
+    return theta_leaf.grad
+
+  return forward if mode == "forward" else backward
+
+
+def peers():
+  """(name, factory or None, reason skipped): factory(case, mode, inputs) -> runner."""
+  found = []
+  try:
+    import torch
+    torch_threads = torch.get_num_threads()
+    found.append(("torch", torch_runner, None))
+  except ImportError:
+    torch_threads = None
+    found.append(("torch", None, "torch not installed (pip install torch==2.13.0)"))
+  found.append(("stnjax", lambda c, m, i: jax_runner(stnjax.sample, c, m, i), None))
+  found.append(("map_coordinates",
+                lambda c, m, i: jax_runner(baselines.map_coordinates_sample, c, m, i), None))
+  try:
+    import dm_pix  # noqa: F401
+    found.append(("dm_pix", lambda c, m, i: jax_runner(baselines.dm_pix_sample, c, m, i), None))
+  except ImportError:
+    found.append(("dm_pix", None, "dm-pix not installed (pip install dm-pix)"))
+  found.append(("textbook", lambda c, m, i: jax_runner(baselines.textbook_sample, c, m, i), None))
+  return found, torch_threads
+
+
+def median_seconds(run, warmup, repeats):
+  for _ in range(warmup):
+    run()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def version(package):
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "absent"
+
+
+def environment(torch_threads):
+  device = jax.devices()[0]
+  return {
+      "device": f"{device.platform}: {getattr(device, 'device_kind', '')}".strip(),
+      "cpu": platform.processor() or platform.machine(),
+      "cpu_count": os.cpu_count(),
+      "torch_threads": torch_threads,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "versions": {p: version(p) for p in ("stnjax", "jax", "jaxlib", "torch", "dm-pix",
+                                           "numpy")},
+  }
+
+
+def run(cases, modes, warmup, repeats, only=None):
+  """Benchmarks every available peer; returns (environment, records)."""
+  available, torch_threads = peers()
+  records = []
+  for case in cases:
+    inputs = make_inputs(case)
+    for mode in modes:
+      for name, factory, reason in available:
+        if only and name not in only and name != "torch":
+          continue
+        record = dict(shape=case.label, mode=mode, peer=name, batch=case.batch)
+        if factory is None:
+          record.update(status="skipped", reason=reason)
+        else:
+          try:
+            seconds = median_seconds(factory(case, mode, inputs), warmup, repeats)
+            record.update(status="ok", median_ms=seconds * 1e3,
+                          images_per_s=case.batch / seconds)
+          except ValueError as error:  # A peer that cannot do this case (dm-pix resizing).
+            record.update(status="skipped", reason=str(error))
+        records.append(record)
+        print(f"  {case.label:<28} {mode:<17} {name:<16} "
+              + (f"{record['median_ms']:9.2f} ms" if record["status"] == "ok"
+                 else f"skipped: {record['reason']}"), file=sys.stderr, flush=True)
+  add_ratios(records)
+  return environment(torch_threads), records
+
+
+def add_ratios(records):
+  torch_ms = {(r["shape"], r["mode"]): r["median_ms"] for r in records
+              if r["peer"] == "torch" and r["status"] == "ok"}
+  for record in records:
+    reference = torch_ms.get((record["shape"], record["mode"]))
+    if record["status"] == "ok" and reference:
+      record["ratio_vs_torch"] = reference / record["median_ms"]
+
+
+def table(env, records):
+  names = list(dict.fromkeys(r["peer"] for r in records))
+  lines = [
+      f"device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); torch threads: "
+      f"{env['torch_threads']}; XLA: all cores{' , XLA_FLAGS=' + env['xla_flags'] if env['xla_flags'] else ''}",
+      "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+      "median ms per call (ratio = torch time / peer time; > 1 is faster than torch)",
+      "",
+      "| shape | mode | " + " | ".join(names) + " |",
+      "|---|---|" + "---|" * len(names),
+  ]
+  by_cell = {(r["shape"], r["mode"], r["peer"]): r for r in records}
+  for shape in dict.fromkeys(r["shape"] for r in records):
+    for mode in dict.fromkeys(r["mode"] for r in records):
+      cells = []
+      for name in names:
+        record = by_cell.get((shape, mode, name))
+        if record is None or record["status"] != "ok":
+          cells.append("skipped")
+        elif "ratio_vs_torch" in record and name != "torch":
+          cells.append(f"{record['median_ms']:.2f} ({record['ratio_vs_torch']:.2f}x)")
+        else:
+          cells.append(f"{record['median_ms']:.2f}")
+      lines.append(f"| {shape} | {mode} | " + " | ".join(cells) + " |")
+  skipped = {r["peer"]: r["reason"] for r in records if r["status"] == "skipped"}
+  lines += [f"skipped {name}: {reason}" for name, reason in skipped.items()]
+  return "\n".join(lines)
+
+
+def plot(records, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rated = [r for r in records if "ratio_vs_torch" in r and r["peer"] != "torch"]
+  groups = list(dict.fromkeys((r["shape"], r["mode"]) for r in rated))
+  names = list(dict.fromkeys(r["peer"] for r in rated))
+  figure, axes = plt.subplots(figsize=(max(8, len(groups) * 0.9), 4.5))
+  width = 0.8 / max(1, len(names))
+  for offset, name in enumerate(names):
+    values = {(r["shape"], r["mode"]): r["ratio_vs_torch"] for r in rated if r["peer"] == name}
+    axes.bar([i + offset * width for i in range(len(groups))],
+             [values.get(g, 0) for g in groups], width, label=name)
+  axes.axhline(1.0, color="black", linewidth=0.8)
+  axes.set_yscale("log")
+  axes.set_ylabel("speed vs PyTorch (x)")
+  axes.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))])
+  axes.set_xticklabels([f"{s}\n{m}" for s, m in groups], rotation=60, ha="right", fontsize=7)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="1 warm-up and 5 repeats")
+  parser.add_argument("--repeats", type=int, default=None, help="timed runs per cell")
+  parser.add_argument("--warmup", type=int, default=None, help="untimed runs per cell")
+  parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+  parser.add_argument("--peers", nargs="+", default=None,
+                      help="only these peers (torch always runs for the ratio)")
+  parser.add_argument("--json", type=pathlib.Path, help="write the records as JSON here")
+  parser.add_argument("--plot", type=pathlib.Path, help="write a bar chart (PNG) here")
+  args = parser.parse_args(argv)
+  if args.repeats is None:
+    args.repeats = 5 if args.quick else 20
+  if args.warmup is None:
+    args.warmup = 1 if args.quick else 3
+  if args.repeats < 1 or args.warmup < 0:
+    parser.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
+  if args.plot and args.plot.suffix.lower() != ".png":
+    parser.error(f"--plot must name a .png file, got {str(args.plot)!r}")
+  return args
+
+
+def main(argv=None, cases=CASES):
+  args = parse_args(argv)
+  env, records = run(cases, args.modes, args.warmup, args.repeats, only=args.peers)
+  print(table(env, records))
+  if args.json:
+    args.json.write_text(json.dumps({"environment": env, "records": records}, indent=1))
+  if args.plot:
+    plot(records, args.plot)
+  return records
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,59 @@
+"""The sampler benchmark: its peers compute what stnjax computes, and a tiny run reports."""
+
+import json
+import pathlib
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import baselines  # noqa: E402
+import sampler  # noqa: E402
+
+import stnjax  # noqa: E402
+
+
+@pytest.mark.parametrize("peer", ["textbook", "map_coordinates", "dm_pix"])
+def test_peers_agree_with_stnjax(peer):
+  if peer == "dm_pix":
+    pytest.importorskip("dm_pix", reason="dm-pix is an optional benchmark peer")
+  image = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (3, 13, 17, 2)), jnp.float32)
+  theta = jnp.asarray(baselines.random_theta(3))
+  warp = getattr(baselines, f"{peer}_sample")
+  actual, expected = warp(theta, image, (13, 17)), stnjax.sample(theta, image)
+  if peer == "dm_pix":
+    # dm-pix zeroes points beyond the outer pixel centres instead of blending towards
+    # zero there: compare where the point lies inside them.
+    pixels = stnjax.normalized_to_pixel(stnjax.affine_grid(theta, (13, 17)), (13, 17))
+    inside = np.asarray((pixels >= 0).all(-1) & (pixels <= jnp.array([16, 12])).all(-1))
+    assert inside.mean() > 0.5
+    actual, expected = np.asarray(actual)[inside], np.asarray(expected)[inside]
+  np.testing.assert_allclose(actual, expected, atol=2e-5)
+
+
+def test_quick_run_writes_table_and_json(tmp_path, capsys):
+  cases = (sampler.Case(2, 5, 7, 3, (5, 7)), sampler.Case(2, 8, 6, 1, (3, 4)))
+  json_path = tmp_path / "bench.json"
+  records = sampler.main(["--repeats", "1", "--warmup", "0", "--json", str(json_path)],
+                         cases=cases)
+  table = capsys.readouterr().out
+  assert "| shape | mode |" in table and "versions:" in table and "threads" in table
+  stnjax_rows = [r for r in records if r["peer"] == "stnjax"]
+  assert len(stnjax_rows) == 2 * len(sampler.MODES)
+  assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in stnjax_rows)
+  # dm-pix cannot resize: it is reported as skipped, never as failed.
+  assert all(r["status"] == "skipped" for r in records
+             if r["peer"] == "dm_pix" and r["shape"].endswith("3x4"))
+  saved = json.loads(json_path.read_text())
+  assert saved["records"] == json.loads(json.dumps(records))
+  assert "jax" in saved["environment"]["versions"]
+
+
+def test_bad_flags_are_rejected(capsys):
+  with pytest.raises(SystemExit):
+    sampler.parse_args(["--repeats", "0"])
+  with pytest.raises(SystemExit):
+    sampler.parse_args(["--plot", "chart.svg"])
+  assert "--plot must name a .png file" in capsys.readouterr().err
