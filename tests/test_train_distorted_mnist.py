@@ -1,0 +1,142 @@
+"""`python -m train.distorted_mnist` end to end on a tiny generated IDX dataset."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from train import distorted_mnist
+from train.data import idx
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_idx(tmp_path_factory):
+  """A folder of IDX files: 96 training and 32 test 28x28 images with labels."""
+  folder = tmp_path_factory.mktemp("idx")
+  rng = np.random.default_rng(0)
+  for split, count in (("train", 96), ("test", 32)):
+    labels = rng.integers(0, 10, count)
+    images = np.zeros((count, 28, 28), np.uint8)
+    for i, label in enumerate(labels):  # A bar whose position encodes the label.
+      images[i, 4:24, 2 + 2 * label:5 + 2 * label] = 255
+    image_file, label_file = idx.FILES[split]
+    idx.write_idx(folder / image_file, images)
+    idx.write_idx(folder / label_file, labels)
+  return folder
+
+
+def flags(data_dir, workdir, *extra):
+  return ["--dataset", "mnist", "--data_dir", str(data_dir), "--workdir", str(workdir),
+          "--distortion", "r", "--batch_size", "16", "--eval_batch_size", "16",
+          "--validation_examples", "16", "--checkpoint_every_steps", "2", *extra]
+
+
+def read_metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_trains_writes_outputs_and_resumes(tiny_idx, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "1")) == 0
+  assert [m["epoch"] for m in read_metrics(workdir)] == [1]
+  for name in ("results.json", "pictures/epoch_001.png", "pictures/epochs.gif"):
+    assert (workdir / name).is_file(), name
+  assert (workdir / "checkpoints").is_dir() and (workdir / "best").is_dir()
+  results = json.loads((workdir / "results.json").read_text())
+  assert 0 <= results["test_accuracy"] <= 1 and results["steps"] == 5
+  # The same command with more epochs resumes from step 5, not from scratch.
+  assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "2")) == 0
+  assert "resumed from step 5" in capsys.readouterr().out
+  assert [m["epoch"] for m in read_metrics(workdir)] == [1, 2]
+  assert json.loads((workdir / "results.json").read_text())["steps"] == 10
+
+
+def run_program(args, env=None):
+  return subprocess.Popen([sys.executable, "-m", "train.distorted_mnist", *args], cwd=REPO,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_run_resumes_to_identical_results(tiny_idx, tmp_path):
+  args = ["--num_epochs", "3", "--checkpoint_every_steps", "1"]
+  reference = run_program(flags(tiny_idx, tmp_path / "reference", *args))
+  killed = run_program(flags(tiny_idx, tmp_path / "killed", *args))
+  checkpoints = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 120
+  while time.time() < deadline and killed.poll() is None:
+    steps = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()]
+    if steps and max(steps) >= 7:  # Mid-epoch 2 (5 steps an epoch).
+      break
+    time.sleep(0.05)
+  assert killed.poll() is None, "the run ended before it could be killed"
+  os.kill(killed.pid, signal.SIGKILL)
+  killed.wait()
+  resumed = run_program(flags(tiny_idx, tmp_path / "killed", *args))
+  output, _ = resumed.communicate(timeout=300)
+  assert resumed.returncode == 0, output
+  assert "resumed from step" in output
+  assert reference.wait(timeout=300) == 0, reference.stdout.read()
+  expected = json.loads((tmp_path / "reference" / "results.json").read_text())
+  actual = json.loads((tmp_path / "killed" / "results.json").read_text())
+  for key in ("params_sha256", "test_accuracy", "test_loss", "steps"):
+    assert actual[key] == expected[key], key
+  assert read_metrics(tmp_path / "killed") == read_metrics(tmp_path / "reference")
+
+
+def test_corrupt_checkpoint_is_skipped_with_a_warning(tiny_idx, tmp_path):
+  workdir = tmp_path / "run"
+  assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "1")) == 0
+  latest = workdir / "checkpoints" / "5"
+  for path in (latest / "state").rglob("*"):
+    if path.is_file():
+      path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+  with pytest.warns(UserWarning, match=r"Skipping checkpoint .*checkpoints/5"):
+    assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "2")) == 0
+  assert json.loads((workdir / "results.json").read_text())["steps"] == 10
+
+
+def test_missing_dataset_fails_fast_with_instructions(tmp_path, capsys):
+  start = time.time()
+  code = distorted_mnist.main(flags(tmp_path / "empty", tmp_path / "run"))
+  assert code == 2 and time.time() - start < 30
+  message = capsys.readouterr().err
+  assert "train-images-idx3-ubyte.gz not found in" in message and "--data_dir" in message
+
+
+def test_absent_accelerator_is_named(tiny_idx, tmp_path, capsys):
+  assert distorted_mnist.main(flags(tiny_idx, tmp_path / "run", "--accelerator", "tpu")) == 2
+  assert "no tpu devices found; platforms available here: cpu" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tiny_idx, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  code = distorted_mnist.main(flags(tiny_idx, workdir, "--optimizer", "sgd", "--learning_rate",
+                                    "1e30", "--checkpoint_every_steps", "1"))
+  assert code == 2
+  message = capsys.readouterr().err
+  assert "loss is nan at step" in message or "loss is inf at step" in message
+  step = int(message.split(" at step ")[1].split()[0])
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+  assert all(s < step for s in saved)
+
+
+def test_bad_flags_are_rejected(tiny_idx, tmp_path, capsys):
+  for bad in (["--stn", "shear"], ["--batch_size", "0"], ["--distortion", "x"]):
+    with pytest.raises(SystemExit):
+      distorted_mnist.main(flags(tiny_idx, tmp_path / "run", *bad))
+  assert "--stn must be 'none' or one of" in capsys.readouterr().err
+
+
+def test_data_parallel_over_eight_cpu_devices(tiny_idx, tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  process = run_program(flags(tiny_idx, tmp_path / "run", "--num_epochs", "1"), env=env)
+  output, _ = process.communicate(timeout=300)
+  assert process.returncode == 0, output
+  assert "data parallel over 8 cpu device(s)" in output
