@@ -8,6 +8,7 @@ The defaults of each program (its `DEFAULTS`) override the ones below.
 
 import argparse
 import dataclasses
+import os
 from typing import Optional
 
 import jax
@@ -38,6 +39,30 @@ class Config:
   distributed: bool = False
 
 
+HELP = {
+    "workdir": "checkpoints, metrics.jsonl, results.json and pictures/ go here; rerun to resume",
+    "data_dir": "dataset folder (IDX files; for GTSRB the tfds data_dir)",
+    "accelerator": "platform to train on; fails at once if it has no devices",
+    "num_epochs": "passes over the training examples",
+    "batch_size": "global batch, split over all devices",
+    "eval_batch_size": "batch for validation and test",
+    "optimizer": "adam, or sgd with --momentum",
+    "learning_rate": "peak learning rate",
+    "momentum": "sgd momentum",
+    "weight_decay": "decoupled weight decay (0: none)",
+    "schedule": "cosine decay, constant, or x0.1 at 50%% and 75%% of training",
+    "loc_lr_scale": "learning-rate multiplier of the localization nets (the paper: 0.1 on SVHN)",
+    "stn": "transform family of the spatial transformer, or none for the baseline",
+    "num_transformers": "spatial transformers (GTSRB: 2 adds one before the 2nd conv block)",
+    "seed": "fixes initialization, data order, distortions and dropout",
+    "max_train_examples": "use only the first N training examples (quick runs)",
+    "validation_examples": "training examples held out for validation",
+    "checkpoint_every_steps": "periodic checkpoint interval (end of epoch always saves)",
+    "keep_checkpoints": "latest checkpoints kept (the best one is kept apart)",
+    "distributed": "call jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)",
+}
+
+
 def add_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
   """One flag per Config field, with the program's defaults."""
   choices = {"accelerator": ("cpu", "gpu", "tpu"), "optimizer": ("adam", "sgd"),
@@ -46,12 +71,12 @@ def add_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
     default = getattr(defaults, field.name)
     if field.type is bool or isinstance(default, bool):
       parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,
-                          default=default)
+                          default=default, help=HELP[field.name])
       continue
     kind = {"workdir": str, "data_dir": str, "accelerator": str, "optimizer": str,
             "schedule": str, "stn": str, "max_train_examples": int}.get(field.name, type(default))
     parser.add_argument(f"--{field.name}", type=kind, default=default,
-                        choices=choices.get(field.name))
+                        choices=choices.get(field.name), help=HELP[field.name])
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
@@ -69,6 +94,17 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
   if config.max_train_examples is not None and config.max_train_examples < 1:
     parser.error(f"--max_train_examples must be >= 1, got {config.max_train_examples}")
   return config
+
+
+def maybe_initialize_distributed(config: Config) -> bool:
+  """Joins a multi-host run when --distributed or JAX_COORDINATOR_ADDRESS asks for one.
+
+  Must run before anything else touches JAX's devices.
+  """
+  if not (config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    return False
+  jax.distributed.initialize()
+  return True
 
 
 class AcceleratorError(RuntimeError):

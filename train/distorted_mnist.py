@@ -51,8 +51,10 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
   config_lib.add_flags(parser, DEFAULTS)
-  parser.add_argument("--dataset", choices=("fashion_mnist", "mnist"), default="fashion_mnist")
-  parser.add_argument("--distortion", choices=distortions.KINDS, default="rts")
+  parser.add_argument("--dataset", choices=("fashion_mnist", "mnist"), default="fashion_mnist",
+                      help="IDX dataset; Fashion-MNIST is found in Debian's folder")
+  parser.add_argument("--distortion", choices=distortions.KINDS, default="rts",
+                      help="the paper's distortion (see train/data/distortions.py)")
   args = parser.parse_args(argv)
   config = config_lib.config_from_args(args, parser)
   if config.stn != "none" and config.stn not in transforms.names():
@@ -65,10 +67,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args, config = parse_args(argv)
   try:
+    config_lib.maybe_initialize_distributed(config)
     devices = config_lib.select_devices(config.accelerator)
-    if config.distributed:
-      import jax
-      jax.distributed.initialize()
     task = make_task(args.dataset, args.distortion, config)
     model = models.DigitCnn(stn=None if config.stn == "none" else config.stn)
     trainer.train_and_evaluate(config, task, model, devices)

@@ -70,10 +70,8 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args, config = parse_args(argv)
   try:
+    config_lib.maybe_initialize_distributed(config)
     devices = config_lib.select_devices(config.accelerator)
-    if config.distributed:
-      import jax
-      jax.distributed.initialize()
     task = make_task(config, args.image_size, args.crop_roi)
     model = models.IdsiaNet(stn=None if config.stn == "none" else config.stn,
                             num_transformers=config.num_transformers)

@@ -1,0 +1,40 @@
+"""Pieces of the training loop: optimizer partition, epoch order, parameter labels."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from train import models
+from train import trainer
+from train.config import Config
+
+
+def test_localization_nets_get_their_learning_rate_scale():
+  config = Config(optimizer="sgd", momentum=0.0, learning_rate=1.0, loc_lr_scale=0.1,
+                  schedule="constant")
+  params = {"stn_0": {"regression": {"bias": jnp.ones(3)}}, "Dense_0": {"bias": jnp.ones(3)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  optimizer = trainer.make_optimizer(config, steps_per_epoch=10)
+  updates, _ = optimizer.update(grads, optimizer.init(params), params)
+  np.testing.assert_allclose(updates["stn_0"]["regression"]["bias"], -0.1)
+  np.testing.assert_allclose(updates["Dense_0"]["bias"], -1.0)
+
+
+def test_is_localization_reads_the_module_path():
+  params = {"stn_1": {"localization": {"conv_0": {"kernel": 0}}}, "Conv_0": {"kernel": 0}}
+  labels = jax.tree_util.tree_map_with_path(lambda path, _: models.is_localization(path), params)
+  assert labels == {"stn_1": {"localization": {"conv_0": {"kernel": True}}},
+                    "Conv_0": {"kernel": False}}
+
+
+def test_piecewise_schedule_drops_tenfold_twice():
+  config = Config(optimizer="sgd", momentum=0.0, learning_rate=1.0, schedule="piecewise",
+                  num_epochs=4)
+  params = {"w": jnp.zeros(())}
+  optimizer = trainer.make_optimizer(config, steps_per_epoch=10)
+  state = optimizer.init(params)
+  steps = []
+  for _ in range(40):
+    updates, state = optimizer.update({"w": jnp.ones(())}, state, params)
+    steps.append(-float(updates["w"]))
+  np.testing.assert_allclose([steps[0], steps[25], steps[35]], [1.0, 0.1, 0.01], rtol=1e-6)
