@@ -27,8 +27,8 @@ def test_expected_families_and_sizes():
   assert transforms.tps((3, 5)).num_params == 30
 
 
-@pytest.mark.parametrize("name,method,align_corners", itertools.product(
-    transforms.names(), ("bilinear", "nearest", "bicubic"), (False, True)))
+@pytest.mark.parametrize("name,method,align_corners", list(itertools.product(
+    transforms.names(), ("bilinear", "nearest", "bicubic"), (False, True))))
 def test_identity_params_return_the_image_exactly(name, method, align_corners):
   family = transforms.get(name)
   image = random_image((2, 5, 7, 3))
