@@ -31,7 +31,6 @@ def index_and_mask(coord, size):
   return index, inside
 
 
-
 def _channel_sum(values):
   """Sum over the last axis `[..., C] -> [...]`, written out for few channels: XLA:CPU
   reduces a short axis of gathered values ~20x slower than these elementwise adds."""
@@ -140,6 +139,9 @@ def bilinear(images, x, y):
   The batch is folded into flat row indices: one gather per corner for all images.
   """
   batch, height, width, channels = images.shape
+  if batch * height * width >= 2**31:
+    raise ValueError(f"bilinear sampling indexes pixels with int32: {batch} images of "
+                     f"{height}x{width} exceed 2**31 pixels; split the batch.")
   if not jnp.issubdtype(images.dtype, jnp.floating):
     images = images.astype(jnp.float32)
   return _bilinear_rows(images.reshape(batch * height * width, channels), x, y, height, width)

@@ -57,3 +57,16 @@ def test_bad_flags_are_rejected(capsys):
   with pytest.raises(SystemExit):
     sampler.parse_args(["--plot", "chart.svg"])
   assert "--plot must name a .png file" in capsys.readouterr().err
+
+
+def test_training_benchmark_runs_the_tutorial_model(capsys):
+  import jax
+  import training
+
+  model = training.FlaxTutorialNet()
+  params = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32), train=False)
+  # The PyTorch tutorial's network has 27,360 parameters at 28x28.
+  assert sum(p.size for p in jax.tree.leaves(params)) == 27360
+  records = training.main(["--repeats", "1"], cases=((28, 8),))
+  assert records[0]["stnjax_images_per_s"] > 0
+  assert "| batch shape | torch images/s | stnjax images/s | ratio |" in capsys.readouterr().out
