@@ -211,12 +211,17 @@ def add_ratios(records):
       record["ratio_vs_torch"] = reference / record["median_ms"]
 
 
+def header_lines(env):
+  """The device, thread and version lines that head a benchmark's table."""
+  flags = f", XLA_FLAGS={env['xla_flags']}" if env["xla_flags"] else ""
+  return [f"device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); torch threads: "
+          f"{env['torch_threads']}; XLA: all cores{flags}",
+          "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items())]
+
+
 def table(env, records):
   names = list(dict.fromkeys(r["peer"] for r in records))
-  lines = [
-      f"device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); torch threads: "
-      f"{env['torch_threads']}; XLA: all cores{' , XLA_FLAGS=' + env['xla_flags'] if env['xla_flags'] else ''}",
-      "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+  lines = header_lines(env) + [
       "median ms per call (ratio = torch time / peer time; > 1 is faster than torch)",
       "",
       "| shape | mode | " + " | ".join(names) + " |",

@@ -160,10 +160,7 @@ def run(cases, warmup, repeats):
 
 
 def table(env, records):
-  lines = [
-      f"device: {env['device']} ({env['cpu']}, {env['cpu_count']} cores); torch threads: "
-      f"{env['torch_threads']}; XLA: all cores",
-      "versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
+  lines = sampler.header_lines(env) + [
       "train step (forward + backward + SGD update), median; ratio = torch time / stnjax time",
       "",
       "| batch shape | torch images/s | stnjax images/s | ratio |",

@@ -96,6 +96,13 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
   return config
 
 
+def check_stn(config: Config, parser: argparse.ArgumentParser) -> None:
+  """--stn names a stnjax transform family or "none"."""
+  from stnjax import transforms
+  if config.stn != "none" and config.stn not in transforms.names():
+    parser.error(f"--stn must be 'none' or one of {transforms.names()}, got {config.stn!r}")
+
+
 def maybe_initialize_distributed(config: Config) -> bool:
   """Joins a multi-host run when --distributed or JAX_COORDINATOR_ADDRESS asks for one.
 

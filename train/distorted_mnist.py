@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 
-from stnjax import transforms
 from train import config as config_lib
 from train import models
 from train import trainer
@@ -57,8 +56,7 @@ def parse_args(argv=None):
                       help="the paper's distortion (see train/data/distortions.py)")
   args = parser.parse_args(argv)
   config = config_lib.config_from_args(args, parser)
-  if config.stn != "none" and config.stn not in transforms.names():
-    parser.error(f"--stn must be 'none' or one of {transforms.names()}, got {config.stn!r}")
+  config_lib.check_stn(config, parser)
   if config.num_transformers != 1:
     parser.error("--num_transformers: the digit model takes one transformer")
   return args, config
@@ -66,17 +64,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
   args, config = parse_args(argv)
-  try:
-    config_lib.maybe_initialize_distributed(config)
-    devices = config_lib.select_devices(config.accelerator)
-    task = make_task(args.dataset, args.distortion, config)
-    model = models.DigitCnn(stn=None if config.stn == "none" else config.stn)
-    trainer.train_and_evaluate(config, task, model, devices)
-  except (config_lib.AcceleratorError, idx.DatasetNotFoundError, idx.DataError,
-          trainer.TrainingDiverged) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  return 0
+  return trainer.run_program(
+      config, lambda: (make_task(args.dataset, args.distortion, config),
+                       models.DigitCnn(stn=None if config.stn == "none" else config.stn)),
+      data_errors=(idx.DatasetNotFoundError, idx.DataError))
 
 
 if __name__ == "__main__":

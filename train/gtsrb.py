@@ -14,7 +14,6 @@ import sys
 
 import numpy as np
 
-from stnjax import transforms
 from train import config as config_lib
 from train import models
 from train import trainer
@@ -58,8 +57,7 @@ def parse_args(argv=None):
                       help="crop each image to its annotated region of interest")
   args = parser.parse_args(argv)
   config = config_lib.config_from_args(args, parser)
-  if config.stn != "none" and config.stn not in transforms.names():
-    parser.error(f"--stn must be 'none' or one of {transforms.names()}, got {config.stn!r}")
+  config_lib.check_stn(config, parser)
   if config.num_transformers not in (1, 2):
     parser.error(f"--num_transformers must be 1 or 2, got {config.num_transformers}")
   if args.image_size < 8:
@@ -69,18 +67,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
   args, config = parse_args(argv)
-  try:
-    config_lib.maybe_initialize_distributed(config)
-    devices = config_lib.select_devices(config.accelerator)
-    task = make_task(config, args.image_size, args.crop_roi)
-    model = models.IdsiaNet(stn=None if config.stn == "none" else config.stn,
-                            num_transformers=config.num_transformers)
-    trainer.train_and_evaluate(config, task, model, devices)
-  except (config_lib.AcceleratorError, gtsrb.DatasetNotFoundError, gtsrb.ArchiveError,
-          trainer.TrainingDiverged) as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 2
-  return 0
+  return trainer.run_program(
+      config, lambda: (make_task(config, args.image_size, args.crop_roi),
+                       models.IdsiaNet(stn=None if config.stn == "none" else config.stn,
+                                       num_transformers=config.num_transformers)),
+      data_errors=(gtsrb.DatasetNotFoundError, gtsrb.ArchiveError))
 
 
 if __name__ == "__main__":

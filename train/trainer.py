@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from train import checkpointing
+from train import config as config_lib
 from train import models
 from train import visualize
 from train.config import Config
@@ -303,6 +304,24 @@ def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
       f"loss {test_loss:.4f}; results in {workdir / 'results.json'}, pictures in "
       f"{workdir / 'pictures'}")
   return results
+
+
+def run_program(config: Config, build: Callable, data_errors: tuple) -> int:
+  """What both programs' main() does after parsing flags: returns the exit code.
+
+  build: `() -> (task, model)`, called after the devices are known (loading data can be
+  slow; a missing accelerator must fail first). Expected failures (no such accelerator,
+  missing or bad data, a diverged loss) print one line and return 2.
+  """
+  try:
+    config_lib.maybe_initialize_distributed(config)
+    devices = config_lib.select_devices(config.accelerator)
+    task, model = build()
+    train_and_evaluate(config, task, model, devices)
+  except (config_lib.AcceleratorError, TrainingDiverged, *data_errors) as error:
+    print(f"error: {error}", file=sys.stderr)
+    return 2
+  return 0
 
 
 def _version(package):
