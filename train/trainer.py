@@ -214,8 +214,12 @@ def _write_json_atomically(path: pathlib.Path, text: str) -> None:
 
 
 def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
-                       picture_indices=np.arange(8), log=print) -> dict:
-  """Trains (resuming from the workdir), evaluates on the test set, writes results.json."""
+                       num_pictured: int = 8, log=print) -> dict:
+  """Trains (resuming from the workdir), evaluates on the test set, writes results.json.
+
+  Each epoch's picture shows the first `num_pictured` test examples.
+  """
+  picture_indices = np.arange(min(num_pictured, task.num_test))
   start_time = time.time()
   workdir = pathlib.Path(config.workdir)
   workdir.mkdir(parents=True, exist_ok=True)
