@@ -48,13 +48,15 @@ def save_epoch_picture(path: pathlib.Path, images, transforms, epoch: int) -> No
     grid, outputs = _grid_and_output(images, transforms[0])
   for i in range(count):
     x0, y0 = gap + i * (width * ZOOM + gap), 14 + gap
-    sheet.paste(Image.fromarray(_to_rgb(images[i])), (x0, y0))
+    tile = Image.fromarray(_to_rgb(images[i]))
     if grid is not None:
+      # Drawn on the tile itself, so an outline reaching outside the input is clipped.
       pixels = np.asarray(stnjax.normalized_to_pixel(grid[i], (height, width)))
-      points = (pixels + 0.5) * ZOOM + np.array([x0, y0])
+      points = (pixels + 0.5) * ZOOM
       outline = np.concatenate([points[0], points[1:, -1], points[-1, ::-1], points[::-1, 0]])
-      draw.line([tuple(p) for p in outline], fill=(255, 0, 0), width=1)
+      ImageDraw.Draw(tile).line([tuple(p) for p in outline], fill=(255, 0, 0), width=1)
       sheet.paste(Image.fromarray(_to_rgb(outputs[i])), (x0, y0 + height * ZOOM + gap))
+    sheet.paste(tile, (x0, y0))
   sheet.save(path)
 
 
