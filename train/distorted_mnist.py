@@ -43,7 +43,7 @@ def make_task(dataset: str, distortion: str, config: config_lib.Config) -> train
       train_data={"images": train_images, "labels": train_labels},
       test_data={"images": test_images, "labels": test_labels},
       train_indices=train_indices, validation_indices=validation_indices,
-      num_test=len(test_images), make_batch=make_batch, num_classes=idx.NUM_CLASSES)
+      num_test=len(test_images), make_batch=make_batch)
 
 
 def parse_args(argv=None):
@@ -66,7 +66,8 @@ def main(argv=None) -> int:
   args, config = parse_args(argv)
   return trainer.run_program(
       config, lambda: (make_task(args.dataset, args.distortion, config),
-                       models.DigitCnn(stn=None if config.stn == "none" else config.stn)),
+                       models.DigitCnn(num_classes=idx.NUM_CLASSES,
+                                       stn=None if config.stn == "none" else config.stn)),
       data_errors=(idx.DatasetNotFoundError, idx.DataError))
 
 

@@ -45,7 +45,7 @@ def make_task(config: config_lib.Config, image_size: int, crop_roi: bool) -> tra
       name=f"gtsrb/{image_size}px", train_data={"images": images, "labels": labels},
       test_data={"images": test_images, "labels": test_labels}, train_indices=train_indices,
       validation_indices=np.arange(len(train_images), len(images)), num_test=len(test_images),
-      make_batch=make_batch, num_classes=gtsrb.NUM_CLASSES)
+      make_batch=make_batch)
 
 
 def parse_args(argv=None):
@@ -69,7 +69,8 @@ def main(argv=None) -> int:
   args, config = parse_args(argv)
   return trainer.run_program(
       config, lambda: (make_task(config, args.image_size, args.crop_roi),
-                       models.IdsiaNet(stn=None if config.stn == "none" else config.stn,
+                       models.IdsiaNet(num_classes=gtsrb.NUM_CLASSES,
+                                       stn=None if config.stn == "none" else config.stn,
                                        num_transformers=config.num_transformers)),
       data_errors=(gtsrb.DatasetNotFoundError, gtsrb.ArchiveError))
 

@@ -44,7 +44,6 @@ class Task(NamedTuple):
     num_test: number of test examples.
     make_batch: `(data, indices, split) -> (images float32 [B, H, W, C], labels int32 [B])`,
       traced inside the jitted step (so generation runs on the device).
-    num_classes: classes of the labels.
   """
   name: str
   train_data: Any
@@ -53,7 +52,6 @@ class Task(NamedTuple):
   validation_indices: np.ndarray
   num_test: int
   make_batch: Callable
-  num_classes: int
 
 
 class TrainingDiverged(FloatingPointError):
