@@ -1,6 +1,6 @@
 """Train-step throughput of the PyTorch STN tutorial model: PyTorch vs stnjax + Flax.
 
-    python benchmarks/training.py [--quick] [--json PATH]
+    python benchmarks/training.py [--quick] [--json PATH] [--results_md docs/results.md]
 
 The model (../shared/SEEDS.md): localization conv 8@7x7, max-pool, ReLU, conv 10@5x5,
 max-pool, ReLU, fc 32, ReLU, fc 6 (identity init), affine_grid + grid_sample; the
@@ -23,6 +23,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import report  # noqa: E402
 import sampler  # noqa: E402  (shared timing and environment helpers)
 
 import stnjax  # noqa: E402
@@ -180,12 +181,19 @@ def main(argv=None, cases=CASES):
   parser.add_argument("--quick", action="store_true", help="2 warm-up and 5 timed steps")
   parser.add_argument("--repeats", type=int, default=None)
   parser.add_argument("--json", type=pathlib.Path)
+  parser.add_argument("--results_md", type=pathlib.Path,
+                      help="also put the table in this page's training-speed section")
   args = parser.parse_args(argv)
   repeats = args.repeats or (5 if args.quick else 30)
   if repeats < 1:
     parser.error(f"--repeats must be >= 1, got {repeats}")
   env, records = run(cases, warmup=2 if args.quick else 5, repeats=repeats)
-  print(table(env, records))
+  text = table(env, records)
+  print(text)
+  if args.results_md:
+    report.replace_section(args.results_md, "training_speed",
+                           f"`python benchmarks/training.py --results_md {args.results_md}`:\n\n"
+                           f"```\n{text}\n```")
   if args.json:
     args.json.write_text(json.dumps({"environment": env, "records": records}, indent=1))
   return records

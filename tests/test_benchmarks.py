@@ -59,7 +59,7 @@ def test_bad_flags_are_rejected(capsys):
   assert "--plot must name a .png file" in capsys.readouterr().err
 
 
-def test_training_benchmark_runs_the_tutorial_model(capsys):
+def test_training_benchmark_runs_the_tutorial_model(capsys, tmp_path):
   import jax
   import training
 
@@ -67,6 +67,10 @@ def test_training_benchmark_runs_the_tutorial_model(capsys):
   params = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32), train=False)
   # The PyTorch tutorial's network has 27,360 parameters at 28x28.
   assert sum(p.size for p in jax.tree.leaves(params)) == 27360
-  records = training.main(["--repeats", "1"], cases=((28, 8),))
+  page = tmp_path / "results.md"
+  page.write_text("# Results\n<!-- training_speed:begin -->\nold\n<!-- training_speed:end -->\n")
+  records = training.main(["--repeats", "1", "--results_md", str(page)], cases=((28, 8),))
   assert records[0]["stnjax_images_per_s"] > 0
-  assert "| batch shape | torch images/s | stnjax images/s | ratio |" in capsys.readouterr().out
+  header = "| batch shape | torch images/s | stnjax images/s | ratio |"
+  assert header in capsys.readouterr().out
+  assert header in page.read_text() and "old" not in page.read_text()

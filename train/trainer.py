@@ -274,6 +274,8 @@ def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
           "train_loss": float(state.epoch_loss / state.epoch_count),
           "train_accuracy": float(state.epoch_correct / state.epoch_count),
           "validation_loss": validation_loss, "validation_accuracy": validation_accuracy,
+          # This process's share of the epoch (a resumed epoch counts from the restart).
+          "wall_time_s": time.time() - epoch_start,
       }
       history.append(record)
       state = jax.device_put(state.replace(**_zero_sums()), trainer.replicated)
@@ -300,6 +302,7 @@ def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
       "versions": {name: _version(name) for name in ("stnjax", "jax", "jaxlib", "flax", "optax",
                                                        "orbax-checkpoint")},
       "devices": [str(d) for d in devices], "wall_time_s": time.time() - start_time,
+      "training_wall_time_s": sum(r.get("wall_time_s", 0.0) for r in history),
   }
   _write_json_atomically(workdir / "results.json", json.dumps(results, indent=1))
   log(f"test accuracy {test_accuracy:.4f} (error {100 * (1 - test_accuracy):.2f}%), "

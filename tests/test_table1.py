@@ -1,0 +1,112 @@
+"""benchmarks/table1.py: the grid, resuming, and the report it writes from results.json."""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import report  # noqa: E402
+import table1  # noqa: E402
+
+
+def fake_finished_run(run, runs_dir, error, curve=(0.4, 0.3), budget=None):
+  """What train.distorted_mnist leaves in a finished run's workdir."""
+  workdir = run.workdir(runs_dir)
+  (workdir / "pictures").mkdir(parents=True)
+  config = dict(table1.BUDGET if budget is None else budget, seed=run.seed)
+  (workdir / "results.json").write_text(json.dumps(
+      {"test_error": error, "test_accuracy": 1 - error, "wall_time_s": 30.0, "config": config}))
+  (workdir / "metrics.jsonl").write_text("".join(
+      json.dumps({"epoch": e + 1, "validation_accuracy": 1 - v}) + "\n"
+      for e, v in enumerate(curve)))
+  (workdir / "attempts.jsonl").write_text(
+      json.dumps({"wall_time_s": 50.0, "returncode": -9}) + "\n"
+      + json.dumps({"wall_time_s": 70.0, "returncode": 0}) + "\n")
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(workdir / "pictures" / "epoch_002.png")
+
+
+def test_grid_runs_every_cell_with_three_seeds_on_r_and_rts():
+  runs = table1.grid(["fashion_mnist"], table1.DISTORTIONS)
+  assert len(runs) == len(set(runs)) == 4 * (3 + 3 + 1 + 1)
+  assert all(run.seed == 0 for run in runs[:16])  # A partial grid fills the table first.
+  assert runs[16].distortion == "rts"
+  command = runs[0].command(table1.REPO / "outputs" / "table1")
+  assert command.startswith("python -m train.distorted_mnist --dataset fashion_mnist")
+  assert "--workdir outputs/table1/fashion_mnist/r/none/seed0" in command
+  assert "--max_train_examples 15000" in command and "--num_epochs 4" in command
+
+
+def test_report_tables_spread_pictures_and_wall_times(tmp_path):
+  runs_dir, results_md = tmp_path / "runs", tmp_path / "docs" / "results.md"
+  results_md.parent.mkdir()
+  results_md.write_text("# Results\n\nintro\n\n<!-- table1:begin -->\nold\n<!-- table1:end -->\n"
+                        "\n## Training speed\n")
+  runs = table1.grid(["fashion_mnist"], ("r", "rts"))
+  for seed, (cnn, st) in enumerate(((0.30, 0.20), (0.32, 0.21), (0.28, 0.22))):
+    fake_finished_run(table1.Run("fashion_mnist", "rts", "none", seed), runs_dir, cnn)
+    fake_finished_run(table1.Run("fashion_mnist", "rts", "affine", seed), runs_dir, st)
+  fake_finished_run(table1.Run("fashion_mnist", "r", "affine", 0), runs_dir, 0.1)
+  text = table1.write_report(runs, runs_dir, results_md, results_md.parent / "results")
+  rts_cnn = next(line for line in text.splitlines() if line.startswith("| CNN |"))
+  assert "30.00 ± 2.00" in rts_cnn and "| 0.8 |" in rts_cnn  # Ours, then the paper's.
+  assert "| RTS | ST-CNN affine | 9.00 | 2.00 | yes |" in text
+  assert "| fashion_mnist r ST-CNN affine seed 0 | 10.00 | 2.0 min |" in text  # 50 s + 70 s.
+  assert "| fashion_mnist r CNN seed 0 | not run |" in text
+  assert "7 finished runs of 24" in text
+  page = results_md.read_text()
+  assert page.startswith("# Results\n\nintro\n") and page.endswith("\n## Training speed\n")
+  assert "old" not in page and page.count("<!-- table1:begin -->") == 1
+  assert (results_md.parent / "results" / "fashion_mnist_curves.png").stat().st_size > 0
+  assert (results_md.parent / "results" / "fashion_mnist_rts_affine.png").exists()
+  assert "](results/fashion_mnist_r_affine.png)" in page
+  table1.write_report(runs, runs_dir, results_md, results_md.parent / "results")
+  assert results_md.read_text() == page  # Regenerating changes nothing.
+
+
+def test_runs_with_another_budget_do_not_count(tmp_path):
+  run = table1.Run("fashion_mnist", "r", "none", 0)
+  fake_finished_run(run, tmp_path, 0.2, budget=dict(table1.BUDGET, num_epochs=1))
+  assert table1.load_results(run, tmp_path) is None
+
+
+def test_main_runs_only_what_is_missing(tmp_path, monkeypatch, capsys):
+  runs_dir = tmp_path / "runs"
+  done = table1.Run("fashion_mnist", "p", "none", 0)
+  fake_finished_run(done, runs_dir, 0.2)
+  executed = []
+
+  def fake_execute(run, runs_dir, data_dir):
+    executed.append(run)
+    if run.model != "tps":  # One run fails: reported, the others still run.
+      fake_finished_run(run, runs_dir, 0.25)
+    return 0 if run.model != "tps" else 2
+
+  monkeypatch.setattr(table1, "execute", fake_execute)
+  code = table1.main(["--only", "p", "--datasets", "fashion_mnist", "--runs_dir", str(runs_dir),
+                      "--results_md", str(tmp_path / "results.md")])
+  assert code == 1
+  assert [run.model for run in executed] == ["affine", "projective", "tps"]
+  output = capsys.readouterr().out
+  assert "done already" in output and "failed (exit 2)" in output
+  assert "| fashion_mnist p ST-CNN TPS seed 0 | not run |" in (tmp_path / "results.md").read_text()
+
+
+def test_bad_flags_are_rejected(capsys):
+  with pytest.raises(SystemExit):
+    table1.parse_args(["--only", "r,x"])
+  with pytest.raises(SystemExit):
+    table1.parse_args(["--datasets", "cifar"])
+  assert "--datasets takes fashion_mnist,mnist or auto, got 'cifar'" in capsys.readouterr().err
+
+
+def test_replace_section_appends_then_replaces(tmp_path):
+  page = tmp_path / "page.md"
+  page.write_text("# Title")
+  report.replace_section(page, "speed", "| a |")
+  assert page.read_text() == "# Title\n<!-- speed:begin -->\n| a |\n<!-- speed:end -->\n"
+  report.replace_section(page, "speed", "| b |")
+  assert page.read_text() == "# Title\n<!-- speed:begin -->\n| b |\n<!-- speed:end -->\n"
