@@ -105,12 +105,14 @@ def load_results(run: Run, runs_dir: pathlib.Path):
   return results
 
 
-def attempts_wall_time(run: Run, runs_dir: pathlib.Path) -> float:
-  """Seconds the program ran for this run, summed over interrupted and resumed attempts."""
+def run_wall_time(run: Run, runs_dir: pathlib.Path, results: dict) -> float:
+  """Seconds a finished run took: the finishing process's own time (results.json) plus
+  the attempts that were interrupted before it."""
   log = run.workdir(runs_dir) / "attempts.jsonl"
-  if not log.exists():
-    return 0.0
-  return sum(json.loads(line)["wall_time_s"] for line in log.read_text().splitlines())
+  attempts = ([json.loads(line) for line in log.read_text().splitlines()]
+              if log.exists() else [])
+  interrupted = sum(a["wall_time_s"] for a in attempts if a["returncode"] != 0)
+  return interrupted + results["wall_time_s"]
 
 
 def execute(run: Run, runs_dir: pathlib.Path, data_dir) -> int:
@@ -163,7 +165,7 @@ def runs_table(runs, finished, runs_dir) -> list[str]:
       lines.append(f"| {run.dataset} {run.distortion} {MODEL_NAMES[run.model]} seed {run.seed} "
                    f"| not run | - | `{run.command(runs_dir)}` |")
       continue
-    wall = attempts_wall_time(run, runs_dir) or results["wall_time_s"]
+    wall = run_wall_time(run, runs_dir, results)
     total += wall
     lines.append(f"| {run.dataset} {run.distortion} {MODEL_NAMES[run.model]} seed {run.seed} "
                  f"| {100 * results['test_error']:.2f} | {wall / 60:.1f} min "
@@ -216,6 +218,7 @@ def plot_curves(dataset, finished, runs_dir, path) -> bool:
       epochs = range(1, len(curves[0]) + 1)
       mean = [statistics.mean(c[i] for c in curves) for i in range(len(curves[0]))]
       axis.plot(epochs, mean, marker="o", label=f"{MODEL_NAMES[model]} (n={len(curves)})")
+      axis.set_xticks(list(epochs))
       drawn = True
     axis.set_title(f"{dataset} {d.upper()}")
     axis.set_xlabel("epoch")
@@ -311,7 +314,7 @@ def main(argv=None) -> int:
               flush=True)
       else:
         print(f"  test error {100 * results['test_error']:.2f}%, "
-              f"{attempts_wall_time(run, args.runs_dir) / 60:.1f} min", flush=True)
+              f"{run_wall_time(run, args.runs_dir, results) / 60:.1f} min", flush=True)
   if args.dry_run:
     return 0
   print(write_report(runs, args.runs_dir, args.results_md, args.results_md.parent / "results"))
