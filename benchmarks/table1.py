@@ -27,6 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import report  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # For train.data.idx when run as a script.
 DISTORTIONS = ("r", "rts", "p", "e")
 MODELS = ("none", "affine", "projective", "tps")
 MODEL_NAMES = {"none": "CNN", "affine": "ST-CNN affine", "projective": "ST-CNN projective",
@@ -62,6 +63,10 @@ class Run:
       flags += [f"--{name}", str(value)]
     return flags
 
+  @property
+  def label(self) -> str:
+    return f"{self.dataset} {self.distortion} {MODEL_NAMES[self.model]} seed {self.seed}"
+
   def command(self, runs_dir: pathlib.Path) -> str:
     """The command line, with the workdir relative to the repository when it is inside."""
     flags = self.flags(runs_dir)
@@ -72,7 +77,6 @@ class Run:
 
 
 def mnist_present(data_dir) -> bool:
-  sys.path.insert(0, str(REPO))
   from train.data import idx
   try:
     for name in idx.FILES["train"] + idx.FILES["test"]:
@@ -129,7 +133,7 @@ def execute(run: Run, runs_dir: pathlib.Path, data_dir) -> int:
   return returncode
 
 
-def _cell(errors):
+def _format_errors(errors):
   if not errors:
     return "-"
   if len(errors) == 1:
@@ -142,6 +146,17 @@ def collect(runs, runs_dir):
   return {run: r for run in runs if (r := load_results(run, runs_dir)) is not None}
 
 
+def cell(finished, dataset, distortion, model) -> dict:
+  """The finished runs (all seeds) of one table cell: {run: results}."""
+  return {run: r for run, r in finished.items()
+          if (run.dataset, run.distortion, run.model) == (dataset, distortion, model)}
+
+
+def cell_errors(finished, dataset, distortion, model) -> list[float]:
+  """Test error % of each seed of one cell."""
+  return [100 * r["test_error"] for r in cell(finished, dataset, distortion, model).values()]
+
+
 def error_table(dataset, distortions, finished) -> list[str]:
   header = "| model | " + " | ".join(
       f"{d.upper()} | {d.upper()} paper (MNIST)" for d in distortions) + " |"
@@ -149,9 +164,8 @@ def error_table(dataset, distortions, finished) -> list[str]:
   for model in MODELS:
     cells = []
     for d in distortions:
-      errors = [100 * r["test_error"] for run, r in finished.items()
-                if (run.dataset, run.distortion, run.model) == (dataset, d, model)]
-      cells += [_cell(errors), f"{PAPER_MNIST[model][d]:.1f}"]
+      cells += [_format_errors(cell_errors(finished, dataset, d, model)),
+                f"{PAPER_MNIST[model][d]:.1f}"]
     lines.append(f"| {MODEL_NAMES[model]} | " + " | ".join(cells) + " |")
   return lines
 
@@ -162,13 +176,11 @@ def runs_table(runs, finished, runs_dir) -> list[str]:
   for run in runs:
     results = finished.get(run)
     if results is None:
-      lines.append(f"| {run.dataset} {run.distortion} {MODEL_NAMES[run.model]} seed {run.seed} "
-                   f"| not run | - | `{run.command(runs_dir)}` |")
+      lines.append(f"| {run.label} | not run | - | `{run.command(runs_dir)}` |")
       continue
     wall = run_wall_time(run, runs_dir, results)
     total += wall
-    lines.append(f"| {run.dataset} {run.distortion} {MODEL_NAMES[run.model]} seed {run.seed} "
-                 f"| {100 * results['test_error']:.2f} | {wall / 60:.1f} min "
+    lines.append(f"| {run.label} | {100 * results['test_error']:.2f} | {wall / 60:.1f} min "
                  f"| `{run.command(runs_dir)}` |")
   return lines + ["", f"Whole grid: {total / 3600:.2f} h of wall time for {len(finished)} "
                       f"finished runs of {len(runs)}."]
@@ -178,14 +190,11 @@ def spread_check(dataset, finished) -> list[str]:
   """Does each ST-CNN beat the CNN on R and RTS by more than the seed spread?"""
   lines = []
   for d in ("r", "rts"):
-    def errors(model):
-      return [100 * r["test_error"] for run, r in finished.items()
-              if (run.dataset, run.distortion, run.model) == (dataset, d, model)]
-    baseline = errors("none")
+    baseline = cell_errors(finished, dataset, d, "none")
     if len(baseline) < 2:
       continue
     for model in MODELS[1:]:
-      ours = errors(model)
+      ours = cell_errors(finished, dataset, d, model)
       if len(ours) < 2:
         continue
       gain = statistics.mean(baseline) - statistics.mean(ours)
@@ -208,11 +217,10 @@ def plot_curves(dataset, finished, runs_dir, path) -> bool:
   for axis, d in zip(axes, PICTURED):
     for model in MODELS:
       curves = []
-      for run in finished:
-        if (run.dataset, run.distortion, run.model) == (dataset, d, model):
-          metrics = run.workdir(runs_dir) / "metrics.jsonl"
-          records = [json.loads(line) for line in metrics.read_text().splitlines()]
-          curves.append([100 * (1 - r["validation_accuracy"]) for r in records])
+      for run in cell(finished, dataset, d, model):
+        metrics = run.workdir(runs_dir) / "metrics.jsonl"
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        curves.append([100 * (1 - r["validation_accuracy"]) for r in records])
       if not curves:
         continue
       epochs = range(1, len(curves[0]) + 1)
