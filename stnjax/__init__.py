@@ -25,6 +25,7 @@ from stnjax.grid import pixel_to_normalized
 from stnjax.grid import theta_from_pixel_matrix
 from stnjax.linen import SpatialTransformer
 from stnjax.sampling import grid_sample
+from stnjax.sampling import has_cpu_kernel
 from stnjax.sampling import sample
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "TransformOutput",
     "affine_grid",
     "grid_sample",
+    "has_cpu_kernel",
     "linen",
     "nnx",
     "normalized_to_pixel",

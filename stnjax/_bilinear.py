@@ -8,15 +8,21 @@ slower on XLA's CPU backend, so the backward pass is written out:
   * the four corner reads are recomputed, not stored;
   * the coordinate gradient is cotangent . sum_k slope_k * value_k, where slope_k is
     d(weight_k)/dx (or dy): one fused loop per axis, like the forward pass;
-  * the image gradient scatters weight_k * cotangent into each corner's row;
-  * it runs over two halves of the batch in a loop: the loop boundary makes XLA
-    materialize the coordinates, where otherwise every gather re-derives them.
+  * the image gradient scatters weight_k * cotangent into each corner's row: on the
+    CPU with stnjax's compiled kernel when it is built (`_cpu_kernel`), elsewhere with
+    XLA's scatter-add. XLA:CPU runs the scatter on one thread, and its temporaries
+    (~60 MB at 16x224x224x3) are freshly mapped and page-faulted on every call;
+    the kernel writes straight into the result, one image per task;
+  * the rest runs over two halves of the batch in a loop: the loop boundary makes
+    XLA materialize the coordinates, where otherwise every gather re-derives them.
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+
+from stnjax import _cpu_kernel
 
 # Few channels are summed with written-out adds rather than a reduction (see
 # _channel_sum); more than this many use the reduction.
@@ -85,8 +91,8 @@ def _weighted_corner_sum(rows, corners, weights):
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _bilinear_rows(rows, x, y, height, width):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _bilinear_rows(rows, x, y, height, width, implementation):
   """Images flattened to rows `[B * H * W, C]` read at x, y `[B, ...]`: float32 `[B, ..., C]`.
 
   The custom VJP recomputes the four corner reads instead of storing them, gets the
@@ -95,34 +101,57 @@ def _bilinear_rows(rows, x, y, height, width):
   the same code is 5-20x slower on XLA's CPU backend: it splits the reads into
   separate gathers that each redo the index arithmetic.
   """
+  del implementation  # Only the backward pass differs.
   corners, right, bottom = _bilinear_corners(x, y, height, width)
   return _weighted_corner_sum(rows, corners, _corner_weights(right, bottom))
 
 
-def _bilinear_rows_forward(rows, x, y, height, width):
-  return _bilinear_rows(rows, x, y, height, width), (rows, x, y)
+def _bilinear_rows_forward(rows, x, y, height, width, implementation):
+  return _bilinear_rows(rows, x, y, height, width, implementation), (rows, x, y)
 
 
-def _bilinear_rows_backward(height, width, residuals, cotangent):
+def _bilinear_rows_backward(height, width, implementation, residuals, cotangent):
   rows, x, y = residuals
+
+  def with_xla_scatter(rows, x, y, cotangent):
+    return _backward_in_chunks(rows, x, y, cotangent, height, width, scatter=True)
+
+  def with_cpu_kernel(rows, x, y, cotangent):
+    _, grad_x, grad_y = _backward_in_chunks(rows, x, y, cotangent, height, width,
+                                            scatter=False)
+    grad_image = _cpu_kernel.bilinear_image_grad(x, y, cotangent, height, width)
+    return grad_image.reshape(rows.shape), grad_x, grad_y
+
+  if implementation == "auto" and _cpu_kernel.AVAILABLE:
+    grads = jax.lax.platform_dependent(rows, x, y, cotangent, cpu=with_cpu_kernel,
+                                       default=with_xla_scatter)
+  else:
+    grads = with_xla_scatter(rows, x, y, cotangent)
+  return tuple(grad.astype(primal.dtype) for grad, primal in zip(grads, (rows, x, y)))
+
+
+def _backward_in_chunks(rows, x, y, cotangent, height, width, scatter):
+  """(image rows, x, y) gradients; the first is None unless `scatter`."""
   batch = x.shape[0]
   # Two chunks of the batch in a loop: the loop boundary makes XLA materialize the
   # coordinates, so the gathers inside do only cheap index arithmetic.
   chunks = 2 if batch % 2 == 0 else 1
   per_chunk = lambda a: a.reshape((chunks, a.shape[0] // chunks) + a.shape[1:])
-  grad_rows, grad_x, grad_y = jax.lax.map(
-      lambda args: _backward_chunk(*args, height, width),
-      (per_chunk(rows), per_chunk(x), per_chunk(y), per_chunk(cotangent)))
   merge = lambda a: a.reshape((-1,) + a.shape[2:])
-  return (merge(grad_rows).astype(rows.dtype), merge(grad_x).astype(x.dtype),
-          merge(grad_y).astype(y.dtype))
+  grads = jax.lax.map(
+      lambda args: _backward_chunk(*args, height, width, scatter),
+      (per_chunk(rows), per_chunk(x), per_chunk(y), per_chunk(cotangent)))
+  grad_rows, grad_x, grad_y = grads if scatter else (None,) + grads
+  return (merge(grad_rows) if scatter else None), merge(grad_x), merge(grad_y)
 
 
-def _backward_chunk(rows, x, y, cotangent, height, width):
+def _backward_chunk(rows, x, y, cotangent, height, width, scatter):
   corners, right, bottom = _bilinear_corners(x, y, height, width)
   x_slopes, y_slopes = _corner_slopes(right, bottom)
   grad_x = _channel_sum(cotangent * _weighted_corner_sum(rows, corners, x_slopes))
   grad_y = _channel_sum(cotangent * _weighted_corner_sum(rows, corners, y_slopes))
+  if not scatter:
+    return grad_x, grad_y
   grad_rows = jnp.zeros(rows.shape, jnp.float32)
   for (index, inside), weight in zip(corners, _corner_weights(right, bottom)):
     grad_rows = grad_rows.at[index].add(jnp.where(inside, weight, 0.0)[..., None] * cotangent,
@@ -133,10 +162,13 @@ def _backward_chunk(rows, x, y, cotangent, height, width):
 _bilinear_rows.defvjp(_bilinear_rows_forward, _bilinear_rows_backward)
 
 
-def bilinear(images, x, y):
+def bilinear(images, x, y, implementation="auto"):
   """images `[B, H, W, C]` read at x, y `[B, ...]` (padding applied): float32 `[B, ..., C]`.
 
   The batch is folded into flat row indices: one gather per corner for all images.
+  `implementation` picks how the image gradient is computed: `"auto"` uses the
+  compiled CPU kernel on the CPU when it is built and XLA's scatter-add elsewhere;
+  `"xla"` always uses XLA's scatter-add.
   """
   batch, height, width, channels = images.shape
   if batch * height * width >= 2**31:
@@ -144,4 +176,5 @@ def bilinear(images, x, y):
                      f"{height}x{width} exceed 2**31 pixels; split the batch.")
   if not jnp.issubdtype(images.dtype, jnp.floating):
     images = images.astype(jnp.float32)
-  return _bilinear_rows(images.reshape(batch * height * width, channels), x, y, height, width)
+  return _bilinear_rows(images.reshape(batch * height * width, channels), x, y, height, width,
+                        implementation)

@@ -4,9 +4,12 @@ import jax.numpy as jnp
 
 METHODS = ("bilinear", "nearest", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection")
+IMPLEMENTATIONS = ("auto", "xla")
 
 
-def check_options(method: str, padding_mode: str) -> None:
+def check_options(method: str, padding_mode: str, implementation: str = "auto") -> None:
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
   if padding_mode not in PADDING_MODES:

@@ -23,10 +23,11 @@ import jax
 import jax.numpy as jnp
 
 from stnjax import _bilinear
+from stnjax import _cpu_kernel
 from stnjax import _validation
 from stnjax import grid as grid_lib
 
-__all__ = ["grid_sample", "sample"]
+__all__ = ["grid_sample", "has_cpu_kernel", "sample"]
 
 # PyTorch's bicubic convolution coefficient (Keys' kernel with a = -0.75).
 _CUBIC_A = -0.75
@@ -142,7 +143,7 @@ def _sample_pixels(image, x, y, method, padding_mode, align_corners):
   return _nearest(image, x, y)
 
 
-def sample_pixels(image, x, y, method, padding_mode, align_corners):
+def sample_pixels(image, x, y, method, padding_mode, align_corners, implementation="auto"):
   """Reads image `[*batch, H, W, C]` at pixel coordinates x, y `[*batch, ...]`.
 
   Unchecked building block of the public functions. Returns `[*batch, ..., C]` in the
@@ -156,7 +157,8 @@ def sample_pixels(image, x, y, method, padding_mode, align_corners):
   if method == "bilinear":
     height, width = image.shape[-3:-1]
     out = _bilinear.bilinear(images, _apply_padding(x, width, padding_mode, align_corners),
-                             _apply_padding(y, height, padding_mode, align_corners))
+                             _apply_padding(y, height, padding_mode, align_corners),
+                             implementation)
   else:
     read = functools.partial(_sample_pixels, method=method, padding_mode=padding_mode,
                              align_corners=align_corners)
@@ -166,8 +168,18 @@ def sample_pixels(image, x, y, method, padding_mode, align_corners):
   return out.astype(out_dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("method", "padding_mode", "align_corners"))
-def _grid_sample(image, grid, method, padding_mode, align_corners):
+def has_cpu_kernel() -> bool:
+  """Whether stnjax's compiled CPU kernel for the bilinear image gradient is built.
+
+  `pip install` compiles it when a C++ compiler is present; without it,
+  `implementation="auto"` uses XLA's scatter-add on the CPU too (same results).
+  """
+  return _cpu_kernel.AVAILABLE
+
+
+@functools.partial(jax.jit, static_argnames=("method", "padding_mode", "align_corners",
+                                             "implementation"))
+def _grid_sample(image, grid, method, padding_mode, align_corners, implementation):
   _validation.check_image(image)
   _validation.check_grid(grid)
   if grid.ndim < image.ndim:
@@ -179,11 +191,12 @@ def _grid_sample(image, grid, method, padding_mode, align_corners):
   grid = grid.astype(jnp.float32)
   x = grid_lib.unnormalize(grid[..., 0], width, align_corners)
   y = grid_lib.unnormalize(grid[..., 1], height, align_corners)
-  return sample_pixels(image, x, y, method, padding_mode, align_corners)
+  return sample_pixels(image, x, y, method, padding_mode, align_corners, implementation)
 
 
 def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
-                padding_mode: str = "zeros", align_corners: bool = False) -> jax.Array:
+                padding_mode: str = "zeros", align_corners: bool = False,
+                implementation: str = "auto") -> jax.Array:
   """Reads `image` at the normalized positions in `grid`.
 
   Equals `torch.nn.functional.grid_sample(input, grid, mode, padding_mode,
@@ -198,17 +211,23 @@ def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
       (coefficient -0.75; may overshoot the input's range).
     padding_mode: `"zeros"`, `"border"` or `"reflection"`.
     align_corners: see `stnjax.grid`.
+    implementation: how the bilinear image gradient is computed. `"auto"`: on the CPU
+      with stnjax's compiled kernel when it is built (`stnjax.has_cpu_kernel()`;
+      deterministic, multithreaded over the batch, but not differentiable again, so
+      use `"xla"` for second derivatives with respect to the image or coordinates),
+      elsewhere with XLA's scatter-add. `"xla"`: XLA's scatter-add everywhere. The
+      forward pass and the other methods are the same either way.
 
   Returns:
     `[*batch, ..., Ho, Wo, C]` in the image's dtype (float32 for integer images).
   """
-  _validation.check_options(method, padding_mode)
-  return _grid_sample(image, grid, method, padding_mode, bool(align_corners))
+  _validation.check_options(method, padding_mode, implementation)
+  return _grid_sample(image, grid, method, padding_mode, bool(align_corners), implementation)
 
 
 @functools.partial(jax.jit, static_argnames=("out_shape", "method", "padding_mode",
-                                             "align_corners"))
-def _sample(theta, image, out_shape, method, padding_mode, align_corners):
+                                             "align_corners", "implementation"))
+def _sample(theta, image, out_shape, method, padding_mode, align_corners, implementation):
   _validation.check_image(image)
   _validation.check_theta(theta)
   if theta.ndim < image.ndim - 1:
@@ -219,11 +238,12 @@ def _sample(theta, image, out_shape, method, padding_mode, align_corners):
   _validation.check_batch_prefix(image.shape, theta.shape, "theta", "2 or 3, 3")
   in_shape = image.shape[-3:-1]
   x, y = grid_lib.source_pixels(theta, in_shape, out_shape or in_shape, align_corners)
-  return sample_pixels(image, x, y, method, padding_mode, align_corners)
+  return sample_pixels(image, x, y, method, padding_mode, align_corners, implementation)
 
 
 def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = "bilinear",
-           padding_mode: str = "zeros", align_corners: bool = False) -> jax.Array:
+           padding_mode: str = "zeros", align_corners: bool = False,
+           implementation: str = "auto") -> jax.Array:
   """Warps `image` with theta: the fused `grid_sample(image, affine_grid(theta, ...))`.
 
   Works on separable row and column terms, so no batch of base grids is built, and
@@ -235,7 +255,7 @@ def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = 
       image's batch dims; extra dims are glimpses of the same image (not copied).
     image: `[*batch, H, W, C]`.
     out_shape: `(Ho, Wo)`; defaults to `(H, W)`.
-    method, padding_mode, align_corners: as in `grid_sample`.
+    method, padding_mode, align_corners, implementation: as in `grid_sample`.
 
   Returns:
     `[*batch, ..., Ho, Wo, C]` in the image's dtype (float32 for integer images).
@@ -247,7 +267,8 @@ def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = 
   >>> bool((sample(jnp.eye(2, 3), image) == image).all())
   True
   """
-  _validation.check_options(method, padding_mode)
+  _validation.check_options(method, padding_mode, implementation)
   if out_shape is not None:
     out_shape = _validation.check_size(out_shape, "out_shape")
-  return _sample(theta, image, out_shape, method, padding_mode, bool(align_corners))
+  return _sample(theta, image, out_shape, method, padding_mode, bool(align_corners),
+                 implementation)

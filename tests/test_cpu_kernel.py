@@ -1,0 +1,133 @@
+"""The compiled CPU kernel for the bilinear image gradient against XLA's scatter-add.
+
+`implementation="auto"` uses the kernel on the CPU when it is built; `"xla"` never
+does. Both must give the same gradients (to float32 rounding: the sums run in a
+different order) in every case the sampler supports. The PyTorch parity tests cover
+both against stored references (tests/test_parity.py).
+"""
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+import stnjax
+from stnjax import _cpu_kernel
+
+needs_kernel = pytest.mark.skipif(not stnjax.has_cpu_kernel(),
+                                  reason="stnjax's CPU kernel is not built (no C++ compiler)")
+
+
+def gradients(theta, image, cotangent, implementation, **options):
+  def loss(theta, image):
+    out = stnjax.sample(theta, image, cotangent.shape[-3:-1], implementation=implementation,
+                        **options)
+    return jnp.vdot(out.astype(jnp.float32), cotangent)
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))(theta, image)
+
+
+def random_case(batch_shape, size, out_size, channels, scale=0.6, seed=0, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  theta = np.eye(2, 3) + rng.normal(0, scale, batch_shape + (2, 3))
+  image = rng.uniform(-1, 1, batch_shape[:1] + size + (channels,))
+  cotangent = rng.normal(size=batch_shape + out_size + (channels,))
+  return (jnp.asarray(theta, jnp.float32), jnp.asarray(image, dtype),
+          jnp.asarray(cotangent, jnp.float32))
+
+
+def assert_same_gradients(case, **options):
+  kernel = gradients(*case, "auto", **options)
+  xla = gradients(*case, "xla", **options)
+  for name, a, b in zip(("theta", "image"), kernel, xla):
+    assert a.dtype == b.dtype and a.shape == b.shape, name
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@needs_kernel
+@pytest.mark.parametrize("channels", [1, 3, 5])  # 1 and 3 have their own loops.
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_kernel_matches_xla(channels, padding_mode):
+  # Large random thetas put many points off the image and on its edges.
+  case = random_case((3,), (9, 11), (7, 6), channels, scale=0.8)
+  assert_same_gradients(case, padding_mode=padding_mode)
+
+
+@needs_kernel
+def test_kernel_matches_xla_with_glimpses_and_align_corners():
+  # theta [B, K, 2, 3]: several outputs read each image; their gradients add up.
+  assert_same_gradients(random_case((2, 3), (8, 8), (5, 4), 2), align_corners=True)
+
+
+@needs_kernel
+def test_kernel_matches_xla_for_half_precision_images():
+  assert_same_gradients(random_case((2,), (6, 7), (6, 7), 3, dtype=np.float16))
+
+
+@needs_kernel
+def test_kernel_image_gradient_is_deterministic_and_exact_on_integer_points():
+  # Integer translations put every point on a pixel: the gradient is the cotangent
+  # moved by the shift, exactly, with zeros where nothing lands.
+  image = jnp.zeros((2, 5, 6, 1))
+  theta = jnp.asarray([[[1.0, 0.0, 2 / 6], [0.0, 1.0, 0.0]],
+                       [[1.0, 0.0, 0.0], [0.0, 1.0, -2 / 5]]])  # +1 column, -1 row.
+  cotangent = jnp.arange(60.0).reshape(2, 5, 6, 1)
+  _, grad_image = gradients(theta, image, cotangent, "auto")
+  expected = np.zeros((2, 5, 6, 1))
+  expected[0, :, 1:] = np.asarray(cotangent)[0, :, :-1]
+  expected[1, :-1] = np.asarray(cotangent)[1, 1:]
+  np.testing.assert_array_equal(grad_image, expected)
+  again = gradients(theta, image, cotangent, "auto")[1]
+  assert np.asarray(again).tobytes() == np.asarray(grad_image).tobytes()
+
+
+@needs_kernel
+def test_kernel_gives_zero_gradient_for_nan_and_far_points():
+  image = jnp.ones((3, 4, 4, 2))
+  theta = jnp.stack([jnp.full((2, 3), jnp.nan),                  # NaN: reads nothing.
+                     jnp.asarray([[1.0, 0, 9.0], [0, 1.0, 0]]),    # Far to the right.
+                     jnp.asarray([[1.0, 0, 0], [0, 1.0, -1.25]])])  # Partly off the top.
+  cotangent = jnp.ones((3, 4, 4, 2))
+  kernel = np.asarray(gradients(theta, image, cotangent, "auto")[1])
+  xla = np.asarray(gradients(theta, image, cotangent, "xla")[1])
+  assert not kernel[:2].any()
+  np.testing.assert_allclose(kernel, xla, rtol=1e-6)
+  assert kernel[2].any()
+
+
+@needs_kernel
+def test_kernel_under_vmap_and_in_the_compiled_program():
+  theta, image, cotangent = random_case((4,), (6, 6), (6, 6), 3)
+  per_example = jax.vmap(lambda t, i, c: gradients(t[None], i[None], c[None], "auto"))
+  batched = per_example(theta, image, cotangent)
+  whole = gradients(theta, image, cotangent, "auto")
+  np.testing.assert_allclose(batched[1][:, 0], whole[1], rtol=1e-6, atol=1e-6)
+  text = jax.jit(jax.grad(lambda i: stnjax.sample(theta, i).sum())).lower(image).as_text()
+  assert _cpu_kernel.TARGET in text
+  text = jax.jit(jax.grad(lambda i: stnjax.sample(theta, i, implementation="xla").sum())
+                 ).lower(image).as_text()
+  assert _cpu_kernel.TARGET not in text
+
+
+def test_gradient_with_respect_to_theta_only_skips_the_image_gradient():
+  theta, image, _ = random_case((2,), (6, 6), (6, 6), 1)
+  compiled = jax.jit(jax.grad(lambda t: stnjax.sample(t, image).sum())).lower(theta).compile()
+  assert _cpu_kernel.TARGET not in compiled.as_text()
+
+
+def test_unknown_implementation_is_rejected():
+  with pytest.raises(ValueError, match=r"implementation must be one of \('auto', 'xla'\), "
+                                       r"got 'dense'"):
+    stnjax.sample(jnp.eye(2, 3), jnp.zeros((4, 4, 1)), implementation="dense")
+  with pytest.raises(ValueError, match="implementation must be one of"):
+    stnjax.grid_sample(jnp.zeros((4, 4, 1)), jnp.zeros((2, 2, 2)), implementation=None)
+
+
+def test_auto_falls_back_to_xla_without_the_kernel(monkeypatch):
+  monkeypatch.setattr(_cpu_kernel, "AVAILABLE", False)
+  theta, image, cotangent = random_case((2,), (5, 3), (4, 2), 1, seed=3)  # A fresh shape.
+  lowered = jax.jit(jax.grad(lambda i: jnp.vdot(stnjax.sample(theta, i, (4, 2)), cotangent))
+                    ).lower(image).as_text()
+  assert _cpu_kernel.TARGET not in lowered
+  assert "scatter" in lowered
