@@ -5,6 +5,7 @@
     python benchmarks/sampler.py --json out.json --plot out.png
 
 Peers: PyTorch affine_grid + grid_sample (NCHW, same data; when torch is installed),
+stnjax with implementation="xla" (without its compiled CPU kernel),
 jax.scipy.ndimage.map_coordinates (order 1, per channel, vmapped), dm-pix
 affine_transform (when installed), and the textbook gather sampler
 (benchmarks/baselines.py). All bilinear, zeros padding, align_corners=False.
@@ -18,6 +19,7 @@ divided by the peer's: above 1.0 the peer is faster than PyTorch.
 
 import argparse
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import os
@@ -132,6 +134,9 @@ def peers():
     torch_threads = None
     found.append(("torch", None, "torch not installed (pip install torch==2.13.0)"))
   found.append(("stnjax", lambda c, m, i: jax_runner(stnjax.sample, c, m, i), None))
+  # stnjax without its compiled CPU kernel: XLA's scatter-add for the image gradient.
+  xla_only = functools.partial(stnjax.sample, implementation="xla")
+  found.append(("stnjax_xla", lambda c, m, i: jax_runner(xla_only, c, m, i), None))
   found.append(("map_coordinates",
                 lambda c, m, i: jax_runner(baselines.map_coordinates_sample, c, m, i), None))
   try:

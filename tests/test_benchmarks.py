@@ -43,6 +43,7 @@ def test_quick_run_writes_table_and_json(tmp_path, capsys):
   stnjax_rows = [r for r in records if r["peer"] == "stnjax"]
   assert len(stnjax_rows) == 2 * len(sampler.MODES)
   assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in stnjax_rows)
+  assert sum(r["peer"] == "stnjax_xla" and r["status"] == "ok" for r in records) == 6
   # dm-pix cannot resize: it is reported as skipped, never as failed.
   assert all(r["status"] == "skipped" for r in records
              if r["peer"] == "dm_pix" and r["shape"].endswith("3x4"))
