@@ -111,3 +111,28 @@ def test_replace_section_appends_then_replaces(tmp_path):
   assert page.read_text() == "# Title\n<!-- speed:begin -->\n| a |\n<!-- speed:end -->\n"
   report.replace_section(page, "speed", "| b |")
   assert page.read_text() == "# Title\n<!-- speed:begin -->\n| b |\n<!-- speed:end -->\n"
+
+
+def test_long_budget_has_its_own_runs_section_and_pictures(tmp_path, capsys):
+  runs_dir, results_md = tmp_path / "runs", tmp_path / "results.md"
+  results_md.write_text("# page\n<!-- table1:begin -->\nstandard\n<!-- table1:end -->\n")
+  runs = table1.grid(["fashion_mnist"], ["r"], "long")
+  assert len(runs) == 12 and {run.budget for run in runs} == {"long"}
+  assert "--max_train_examples 55000" in runs[0].command(runs_dir)
+  # A run with the standard budget's config is not a finished long run.
+  tps = table1.Run("fashion_mnist", "r", "tps", 0, "long")
+  fake_finished_run(tps, runs_dir, 0.2)
+  assert table1.load_results(tps, runs_dir) is None
+  for seed in (0, 1, 2):
+    fake_finished_run(table1.Run("fashion_mnist", "r", "none", seed, "long"), runs_dir, 0.2,
+                      budget=table1.BUDGETS["long"])
+    fake_finished_run(table1.Run("fashion_mnist", "r", "affine", seed, "long"), runs_dir,
+                      0.15 + seed / 1000, budget=table1.BUDGETS["long"])
+  table1.write_report(runs, runs_dir, results_md, tmp_path / "results")
+  page = results_md.read_text()
+  assert "standard" in page and "<!-- table1_long:begin -->" in page
+  assert "max_train_examples 55000" in page and "| R | ST-CNN affine |" in page
+  assert (tmp_path / "results" / "fashion_mnist_curves_long.png").exists()
+  code = table1.main(["--budget", "long", "--only", "r", "--datasets", "fashion_mnist",
+                      "--dry_run"])
+  assert code == 0 and "outputs/table1_long/fashion_mnist/r/none/seed0" in capsys.readouterr().out
