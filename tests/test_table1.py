@@ -102,6 +102,12 @@ def test_bad_flags_are_rejected(capsys):
   with pytest.raises(SystemExit):
     table1.parse_args(["--datasets", "cifar"])
   assert "--datasets takes fashion_mnist,mnist or auto, got 'cifar'" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    table1.parse_args(["--models", "none,cnn"])
+  assert "--models takes models from none,affine,projective,tps, got 'none,cnn'" in (
+      capsys.readouterr().err)
+  with pytest.raises(SystemExit):
+    table1.parse_args(["--budget", "huge"])
 
 
 def test_replace_section_appends_then_replaces(tmp_path):
@@ -133,6 +139,8 @@ def test_long_budget_has_its_own_runs_section_and_pictures(tmp_path, capsys):
   assert "standard" in page and "<!-- table1_long:begin -->" in page
   assert "max_train_examples 55000" in page and "| R | ST-CNN affine |" in page
   assert (tmp_path / "results" / "fashion_mnist_curves_long.png").exists()
-  code = table1.main(["--budget", "long", "--only", "r", "--datasets", "fashion_mnist",
-                      "--dry_run"])
-  assert code == 0 and "outputs/table1_long/fashion_mnist/r/none/seed0" in capsys.readouterr().out
+  code = table1.main(["--budget", "long", "--only", "r", "--models", "affine,none",
+                      "--datasets", "fashion_mnist", "--dry_run"])
+  printed = capsys.readouterr().out
+  assert code == 0 and "outputs/table1_long/fashion_mnist/r/none/seed0" in printed
+  assert "[1/6]" in printed and "--stn tps" not in printed
