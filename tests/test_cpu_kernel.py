@@ -2,9 +2,14 @@
 
 `implementation="auto"` uses the kernel on the CPU when it is built; `"xla"` never
 does. Both must give the same gradients (to float32 rounding: the sums run in a
-different order) in every case the sampler supports. The PyTorch parity tests cover
-both against stored references (tests/test_parity.py).
+different order) in every case the sampler supports. The PyTorch parity tests
+(tests/test_parity.py) check the default against stored references; these tie the
+other implementation to it.
 """
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -131,3 +136,33 @@ def test_auto_falls_back_to_xla_without_the_kernel(monkeypatch):
                     ).lower(image).as_text()
   assert _cpu_kernel.TARGET not in lowered
   assert "scatter" in lowered
+
+
+SHARDED_PROGRAM = """
+import numpy as np, jax, jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import stnjax
+mesh = Mesh(np.asarray(jax.devices()), ("data",))
+rng = np.random.default_rng(0)
+theta = np.eye(2, 3) + rng.normal(0, 0.3, (16, 2, 3))
+arrays = [a.astype(np.float32) for a in
+          (theta, rng.uniform(size=(16, 12, 10, 3)), rng.normal(size=(16, 12, 10, 3)))]
+batch = NamedSharding(mesh, PartitionSpec("data"))
+def gradients(implementation):
+  loss = lambda t, i, c: jnp.vdot(stnjax.sample(t, i, implementation=implementation), c)
+  return jax.jit(jax.grad(loss, (0, 1)))(*(jax.device_put(a, batch) for a in arrays))
+kernel, xla = gradients("auto"), gradients("xla")
+assert len(jax.devices()) == 8
+for a, b in zip(kernel, xla):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+print("same gradients")
+"""
+
+
+@needs_kernel
+def test_kernel_with_a_batch_sharded_over_devices():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  done = subprocess.run([sys.executable, "-c", SHARDED_PROGRAM], env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "same gradients" in done.stdout
