@@ -117,8 +117,7 @@ def _bilinear_rows_backward(height, width, implementation, residuals, cotangent)
     return _backward_in_chunks(rows, x, y, cotangent, height, width, scatter=True)
 
   def with_cpu_kernel(rows, x, y, cotangent):
-    _, grad_x, grad_y = _backward_in_chunks(rows, x, y, cotangent, height, width,
-                                            scatter=False)
+    grad_x, grad_y = _backward_in_chunks(rows, x, y, cotangent, height, width, scatter=False)
     grad_image = _cpu_kernel.bilinear_image_grad(x, y, cotangent, height, width)
     return grad_image.reshape(rows.shape), grad_x, grad_y
 
@@ -131,7 +130,7 @@ def _bilinear_rows_backward(height, width, implementation, residuals, cotangent)
 
 
 def _backward_in_chunks(rows, x, y, cotangent, height, width, scatter):
-  """(image rows, x, y) gradients; the first is None unless `scatter`."""
+  """Gradients of (image rows, x, y) with `scatter`, else of (x, y) only."""
   batch = x.shape[0]
   # Two chunks of the batch in a loop: the loop boundary makes XLA materialize the
   # coordinates, so the gathers inside do only cheap index arithmetic.
@@ -141,8 +140,7 @@ def _backward_in_chunks(rows, x, y, cotangent, height, width, scatter):
   grads = jax.lax.map(
       lambda args: _backward_chunk(*args, height, width, scatter),
       (per_chunk(rows), per_chunk(x), per_chunk(y), per_chunk(cotangent)))
-  grad_rows, grad_x, grad_y = grads if scatter else (None,) + grads
-  return (merge(grad_rows) if scatter else None), merge(grad_x), merge(grad_y)
+  return tuple(merge(grad) for grad in grads)
 
 
 def _backward_chunk(rows, x, y, cotangent, height, width, scatter):

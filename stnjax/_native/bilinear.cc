@@ -50,16 +50,12 @@ void AccumulateImage(const float* x, const float* y, const float* cotangent,
     const bool left_in = left >= 0, right_in = left + 1 < s.width;
     const bool top_in = top >= 0, bottom_in = top + 1 < s.height;
     const float* g = cotangent + p * channels;
-    const int64_t top_left = top * row_stride + left * channels;  // May be off the image.
-    if (top_in) {
-      const int64_t at = top_left;
-      if (left_in) AddScaled<Channels>(grad + at, g, (1 - right) * (1 - bottom), channels);
-      if (right_in) AddScaled<Channels>(grad + at + channels, g, right * (1 - bottom), channels);
-    }
-    if (bottom_in) {
-      const int64_t at = top_left + row_stride;
-      if (left_in) AddScaled<Channels>(grad + at, g, (1 - right) * bottom, channels);
-      if (right_in) AddScaled<Channels>(grad + at + channels, g, right * bottom, channels);
+    for (int row = 0; row < 2; ++row) {
+      if (!(row == 0 ? top_in : bottom_in)) continue;
+      const float row_weight = row == 0 ? 1 - bottom : bottom;
+      const int64_t at = (top + row) * row_stride + left * channels;  // Column may be -1.
+      if (left_in) AddScaled<Channels>(grad + at, g, (1 - right) * row_weight, channels);
+      if (right_in) AddScaled<Channels>(grad + at + channels, g, right * row_weight, channels);
     }
   }
 }
@@ -125,7 +121,7 @@ ffi::Error BilinearImageGradImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   float* out = grad->typed_data();
   ParallelFor(pool, s.batch, [=](int64_t b) {
     AccumulateAnyImage(xs + b * s.points, ys + b * s.points, gs + b * s.points * s.channels,
-                    out + b * image_size, s);
+                       out + b * image_size, s);
   });
   return ffi::Error::Success();
 }
