@@ -250,6 +250,14 @@ def plot_curves(dataset, finished, runs_dir, path, distortions=DISTORTIONS) -> b
   return drawn
 
 
+def report_runs(datasets, distortions, budget, runs_dir) -> list[Run]:
+  """The grid the report covers: every model (whatever --models ran), and every
+  distortion that was asked for or has a finished run."""
+  everything = grid(datasets, DISTORTIONS, budget)
+  finished = {run.distortion for run in collect(everything, runs_dir)}
+  return [run for run in everything if run.distortion in finished or run.distortion in distortions]
+
+
 def write_report(runs, runs_dir, results_md, figures_dir) -> str:
   """Writes the `table1` section of results_md (`table1_long` for the long budget)."""
   finished = collect(runs, runs_dir)
@@ -349,7 +357,8 @@ def main(argv=None) -> int:
               f"{run_wall_time(run, args.runs_dir, results) / 60:.1f} min", flush=True)
   if args.dry_run:
     return 0
-  print(write_report(runs, args.runs_dir, args.results_md, args.results_md.parent / "results"))
+  covered = report_runs(datasets, distortions, args.budget, args.runs_dir)
+  print(write_report(covered, args.runs_dir, args.results_md, args.results_md.parent / "results"))
   return 1 if failed else 0
 
 

@@ -144,3 +144,9 @@ def test_long_budget_has_its_own_runs_section_and_pictures(tmp_path, capsys):
   printed = capsys.readouterr().out
   assert code == 0 and "outputs/table1_long/fashion_mnist/r/none/seed0" in printed
   assert "[1/6]" in printed and "--stn tps" not in printed
+  # The report covers the whole grid on disk, not only the models or distortions run now.
+  code = table1.main(["--budget", "long", "--only", "r", "--models", "affine",
+                      "--datasets", "fashion_mnist", "--report_only", "--runs_dir",
+                      str(runs_dir), "--results_md", str(results_md)])
+  page = results_md.read_text()
+  assert code == 0 and "| CNN | 20.00 ± 0.00 |" in page and "| ST-CNN TPS | - |" in page
