@@ -1,8 +1,9 @@
-"""The compiled CPU kernel for the image gradient of bilinear sampling (when built).
+"""The compiled CPU kernels (when built): the image gradient of bilinear sampling, and
+a direct convolution with its kernel gradient for small layers.
 
-`pip install` compiles `stnjax/_native/bilinear.cc` into `stnjax._cpu_kernels` when a
-C++ compiler is present; without one the build goes on and stnjax uses its XLA
-scatter-add everywhere. The library is loaded with ctypes (it is an XLA FFI handler,
+`pip install` compiles `stnjax/_native/*.cc` into `stnjax._cpu_kernels` when a C++
+compiler is present; without one the build goes on and stnjax uses XLA's scatter-add
+and convolutions everywhere. The library is loaded with ctypes (it is an XLA FFI handler,
 not a Python module) and registered with XLA for the CPU platform.
 """
 
@@ -11,8 +12,11 @@ import importlib.util
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 TARGET = "stnjax_bilinear_image_grad"
+CONV_TARGET = "stnjax_conv2d"
+CONV_KERNEL_GRAD_TARGET = "stnjax_conv2d_kernel_grad"
 
 
 def _register():
@@ -22,8 +26,10 @@ def _register():
   if spec is None or spec.origin is None:
     return False
   library = ctypes.CDLL(spec.origin)
-  jax.ffi.register_ffi_target(TARGET, jax.ffi.pycapsule(library.StnjaxBilinearImageGrad),
-                              platform="cpu")
+  for target, symbol in ((TARGET, library.StnjaxBilinearImageGrad),
+                         (CONV_TARGET, library.StnjaxConv2dForward),
+                         (CONV_KERNEL_GRAD_TARGET, library.StnjaxConv2dKernelGrad)):
+    jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   return True
 
 
@@ -49,3 +55,38 @@ def bilinear_image_grad(x, y, cotangent, height, width):
                           vmap_method="broadcast_all")
   return grad(x.reshape(batch, -1).astype(jnp.float32), y.reshape(batch, -1).astype(jnp.float32),
               cotangent.reshape(batch, -1, channels).astype(jnp.float32))
+
+
+def _padding_attributes(padding):
+  (top, bottom), (left, right) = padding
+  return dict(pad_top=np.int64(top), pad_bottom=np.int64(bottom), pad_left=np.int64(left),
+              pad_right=np.int64(right))
+
+
+# vmap of a convolution is rare (Flax folds extra batch dims into one): "sequential"
+# runs the kernel once per mapped slice instead of teaching it extra leading dims.
+
+
+def conv2d(x, kernel, padding):
+  """float32 `[B, H, W, Ci]` * `[kh, kw, Ci, Co]`, stride 1, with `padding`
+  `((top, bottom), (left, right))` (non-negative): `[B, Ho, Wo, Co]`."""
+  (top, bottom), (left, right) = padding
+  batch, height, width, _ = x.shape
+  kernel_h, kernel_w, _, out_channels = kernel.shape
+  out = jax.ShapeDtypeStruct((batch, height + top + bottom - kernel_h + 1,
+                              width + left + right - kernel_w + 1, out_channels), jnp.float32)
+  return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(
+      x, kernel, **_padding_attributes(padding))
+
+
+def conv2d_kernel_grad(x, cotangent, padding):
+  """The kernel gradient of `conv2d(x, kernel, padding)` for the output cotangent,
+  summed over the batch in a fixed order (deterministic): `[kh, kw, Ci, Co]`."""
+  (top, bottom), (left, right) = padding
+  _, height, width, in_channels = x.shape
+  _, out_h, out_w, out_channels = cotangent.shape
+  out = jax.ShapeDtypeStruct((height + top + bottom - out_h + 1,
+                              width + left + right - out_w + 1, in_channels, out_channels),
+                             jnp.float32)
+  return jax.ffi.ffi_call(CONV_KERNEL_GRAD_TARGET, out, vmap_method="sequential")(
+      x, cotangent, **_padding_attributes(padding))

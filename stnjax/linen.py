@@ -17,8 +17,10 @@ from typing import Optional, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
+from stnjax import _conv
 from stnjax import _heads
 from stnjax import _layers
+from stnjax import _pooling
 from stnjax import transforms
 
 
@@ -34,10 +36,11 @@ class Localization(nn.Module):
     taps, convs, denses = [], 0, 0
     for kind, *args in self.layers:
       if kind == "conv":
-        x = nn.Conv(args[0], (args[1], args[1]), padding=self.padding, name=f"conv_{convs}")(x)
+        x = nn.Conv(args[0], (args[1], args[1]), padding=self.padding, name=f"conv_{convs}",
+                    conv_general_dilated=_conv.conv_general_dilated)(x)
         convs += 1
       elif kind in ("max_pool", "avg_pool"):
-        pool = nn.max_pool if kind == "max_pool" else nn.avg_pool
+        pool = _pooling.max_pool if kind == "max_pool" else nn.avg_pool
         x = pool(x, (args[0], args[0]), strides=(args[0], args[0]), padding=self.padding)
       elif kind == "relu":
         x = nn.relu(x)

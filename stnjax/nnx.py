@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from stnjax import _conv
 from stnjax import _heads
 from stnjax import _layers
+from stnjax import _pooling
 from stnjax import transforms
 
 
@@ -33,8 +35,9 @@ class Localization(nnx.Module):
     widths, convs, denses = iter(in_features), 0, 0
     for kind, *args in layers:
       if kind == "conv":
-        setattr(self, f"conv_{convs}", nnx.Conv(next(widths), args[0], (args[1], args[1]),
-                                                padding=padding, rngs=rngs))
+        setattr(self, f"conv_{convs}", nnx.Conv(
+            next(widths), args[0], (args[1], args[1]), padding=padding,
+            conv_general_dilated=_conv.conv_general_dilated, rngs=rngs))
         convs += 1
       elif kind == "dense":
         setattr(self, f"dense_{denses}", nnx.Linear(next(widths), args[0], rngs=rngs))
@@ -51,7 +54,7 @@ class Localization(nnx.Module):
         x = getattr(self, f"conv_{convs}")(x)
         convs += 1
       elif kind in ("max_pool", "avg_pool"):
-        pool = nnx.max_pool if kind == "max_pool" else nnx.avg_pool
+        pool = _pooling.max_pool if kind == "max_pool" else nnx.avg_pool
         x = pool(x, (args[0], args[0]), strides=(args[0], args[0]), padding=self.padding)
       elif kind == "relu":
         x = jax.nn.relu(x)
