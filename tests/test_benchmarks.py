@@ -68,10 +68,16 @@ def test_training_benchmark_runs_the_tutorial_model(capsys, tmp_path):
   params = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32), train=False)
   # The PyTorch tutorial's network has 27,360 parameters at 28x28.
   assert sum(p.size for p in jax.tree.leaves(params)) == 27360
+  # With stnjax's convolution and pool the classifier computes what Flax's layers do.
+  images = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
+  flax_model = training.FlaxTutorialNet(stnjax_layers=False)
+  np.testing.assert_allclose(model.apply(params, images, train=False),
+                             flax_model.apply(params, images, train=False), atol=1e-5)
   page = tmp_path / "results.md"
   page.write_text("# Results\n<!-- training_speed:begin -->\nold\n<!-- training_speed:end -->\n")
   records = training.main(["--repeats", "1", "--results_md", str(page)], cases=((28, 8),))
-  assert records[0]["stnjax_images_per_s"] > 0
-  header = "| batch shape | torch images/s | stnjax images/s | ratio |"
+  assert records[0]["stnjax_images_per_s"] > 0 and records[0]["flax_layers_images_per_s"] > 0
+  header = ("| batch shape | torch images/s | stnjax images/s | ratio | flax_layers images/s "
+            "| ratio |")
   assert header in capsys.readouterr().out
   assert header in page.read_text() and "old" not in page.read_text()
