@@ -12,6 +12,7 @@ import functools
 import jax
 from jax import lax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _window_views(x, window):
@@ -90,6 +91,7 @@ def max_pool(inputs, window_shape, strides=None, padding="VALID"):
     padding = ((0, 0),) * (inputs.ndim - 3) + tuple(map(tuple, padding)) + ((0, 0),)
   dims = (1,) * (inputs.ndim - 3) + window_shape + (1,)
   steps = (1,) * (inputs.ndim - 3) + strides + (1,)
-  initial = -jnp.inf if jnp.issubdtype(inputs.dtype, jnp.floating) else jnp.iinfo(inputs.dtype).min
-  return lax.reduce_window(inputs, jnp.array(initial, inputs.dtype), lax.max, dims, steps,
+  initial = -np.inf if jnp.issubdtype(inputs.dtype, jnp.floating) else jnp.iinfo(inputs.dtype).min
+  # A concrete (NumPy) initial value lets JAX see a max-pool and differentiate it.
+  return lax.reduce_window(inputs, np.array(initial, inputs.dtype), lax.max, dims, steps,
                            padding)
