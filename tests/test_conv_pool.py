@@ -45,15 +45,13 @@ def assert_close(actual, expected, rtol=2e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=rtol * scale)
 
 
-# Output channel counts cover 1 to 4 vectors of 8 (8, 10, 16, 20), more than one
-# block of 32 (40) and the one-channel path (1); batches over 8 split the kernel
-# gradient into uneven chunks.
+# Output channel counts cover 1 to 4 vectors of 8 (8, 10, 16, 20) and the one-channel
+# path (1); batches over 8 split the kernel gradient into uneven chunks.
 @pytest.mark.parametrize("batch,size,in_channels,out_channels,kernel,padding", [
     (3, (12, 11), 1, 8, (7, 5), "VALID"),
     (2, (9, 9), 10, 20, (5, 5), "SAME"),
     (1, (8, 8), 3, 1, (3, 3), ((1, 2), (0, 1))),
     (11, (14, 14), 8, 10, (5, 5), "VALID"),
-    (2, (6, 7), 4, 40, (3, 2), "VALID"),
     (2, (5, 5), 2, 3, (5, 5), "VALID"),
     (1, (40, 33), 2, 16, (3, 3), "SAME"),
     (2, (6, 6), 3, 5, (3, 3), ((4, 0), (1, 3))),  # Padding wider than the kernel.
@@ -64,6 +62,30 @@ def test_convolution_matches_lax(batch, size, in_channels, out_channels, kernel,
   cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
   assert_close(conv_and_grads(stnjax.conv_general_dilated, x, w, padding, cotangent),
                conv_and_grads(lax.conv_general_dilated, x, w, padding, cotangent))
+
+
+def kernel_conv(x, w, strides, padding, dimension_numbers):
+  """The kernel path whatever the channel counts (the public function sends layers
+  wider than MAX_KERNEL_CHANNELS to XLA)."""
+  del strides, dimension_numbers
+  pads = lax.padtype_to_pads(x.shape[1:3], w.shape[:2], (1, 1), padding)
+  return _conv._conv(x, w, tuple(map(tuple, pads)), None)
+
+
+@pytest.mark.parametrize("in_channels,out_channels", [(4, 40), (20, 3), (3, 70)])
+def test_kernel_for_wide_layers_matches_lax(in_channels, out_channels):
+  x, w = conv_case(3, (7, 6), in_channels, out_channels, (3, 2))
+  out_shape = lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC).shape
+  cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(out_shape), jnp.float32)
+  assert_close(conv_and_grads(kernel_conv, x, w, "SAME", cotangent),
+               conv_and_grads(lax.conv_general_dilated, x, w, "SAME", cotangent))
+
+
+def test_wide_layers_go_to_xla():
+  x, w = conv_case(2, (8, 8), 17, 4, (3, 3))
+  hlo = jax.jit(lambda x, w: stnjax.conv_general_dilated(
+      x, w, (1, 1), "VALID", dimension_numbers=NHWC)).lower(x, w).as_text()
+  assert _cpu_kernel.CONV_TARGET not in hlo
 
 
 def test_second_order_reverse_mode_matches_lax():
