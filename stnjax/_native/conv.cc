@@ -68,6 +68,25 @@ void PadRows(const float* x, const ConvShape& s, int64_t first, int64_t last, fl
   }
 }
 
+// The part of the windows of output pixels [ox, ox + pixels) in row oy that overlaps
+// the input: ky in [ky_begin, ky_end), j = kx * Ci + ci in [j_begin, j_end). The rest
+// reads padding (zeros) and is skipped; for an input gradient (a full convolution)
+// that is a third of the work.
+struct Window {
+  int64_t ky_begin, ky_end, j_begin, j_end;
+};
+
+Window Overlap(const ConvShape& s, int64_t oy, int64_t ox, int64_t pixels) {
+  Window w;
+  w.ky_begin = std::clamp<int64_t>(s.pad_top - oy, 0, s.kernel_h);
+  w.ky_end = std::clamp<int64_t>(s.pad_top + s.in_h - oy, w.ky_begin, s.kernel_h);
+  const int64_t kx_begin = std::clamp<int64_t>(s.pad_left - (ox + pixels - 1), 0, s.kernel_w);
+  const int64_t kx_end = std::clamp<int64_t>(s.pad_left + s.in_w - ox, kx_begin, s.kernel_w);
+  w.j_begin = kx_begin * s.in_channels;
+  w.j_end = kx_end * s.in_channels;
+  return w;
+}
+
 // Output channels [first, first + count) in `vectors` vectors per pixel, packed at
 // `offset` as [kh, kw * Ci, vectors * kLanes] with zeros past `count`.
 struct ChannelBlock {
@@ -109,13 +128,14 @@ PackedKernel Pack(const float* w, const ConvShape& s) {
 // pixel's window corner, `w` at the block's packed kernel.
 template <int kPixels, int kVectors>
 STNJAX_INLINE void ForwardPixels(const float* __restrict in, const float* __restrict w,
-                                 float* __restrict out, const ConvShape& s, int64_t count) {
+                                 float* __restrict out, const ConvShape& s, int64_t count,
+                                 const Window& window) {
   const int64_t span = s.row_span(), channels = s.in_channels;
   Lanes acc[kPixels][kVectors] = {};
-  for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
+  for (int64_t ky = window.ky_begin; ky < window.ky_end; ++ky) {
     const float* in_ky = in + ky * s.row_size();
     const float* w_ky = w + ky * span * kVectors * kLanes;
-    for (int64_t j = 0; j < span; ++j) {  // j = kx * in_channels + ci
+    for (int64_t j = window.j_begin; j < window.j_end; ++j) {  // j = kx * in_channels + ci
       Lanes weights[kVectors];
       __builtin_memcpy(weights, w_ky + j * kVectors * kLanes, sizeof(weights));
 #pragma GCC unroll 8
@@ -132,10 +152,12 @@ STNJAX_INLINE void ForwardPixels(const float* __restrict in, const float* __rest
   }
 }
 
-// `rows` output rows of one channel block, from the input rows they need.
+// Output rows [first, first + rows) of one channel block; `x` points at the first
+// input row they need, `y` at the first of them.
 template <int kVectors>
 STNJAX_MULTIVERSION void ForwardRows(const float* x, const float* w, float* y,
-                                     const ConvShape& s, int64_t rows, int64_t count) {
+                                     const ConvShape& s, int64_t first, int64_t rows,
+                                     int64_t count) {
   constexpr int kTile = 4;
   const int64_t channels = s.in_channels;
   for (int64_t oy = 0; oy < rows; ++oy) {
@@ -144,10 +166,11 @@ STNJAX_MULTIVERSION void ForwardRows(const float* x, const float* w, float* y,
     int64_t ox = 0;
     for (; ox + kTile <= s.out_w; ox += kTile) {
       ForwardPixels<kTile, kVectors>(in + ox * channels, w, out + ox * s.out_channels, s,
-                                     count);
+                                     count, Overlap(s, first + oy, ox, kTile));
     }
     for (; ox < s.out_w; ++ox) {
-      ForwardPixels<1, kVectors>(in + ox * channels, w, out + ox * s.out_channels, s, count);
+      ForwardPixels<1, kVectors>(in + ox * channels, w, out + ox * s.out_channels, s, count,
+                                 Overlap(s, first + oy, ox, 1));
     }
   }
 }
@@ -157,15 +180,15 @@ STNJAX_MULTIVERSION void ForwardRows(const float* x, const float* w, float* y,
 template <int kPixels>
 STNJAX_INLINE void ForwardPixelsSingleOutput(const float* __restrict in,
                                              const float* __restrict w, float* __restrict out,
-                                             const ConvShape& s) {
+                                             const ConvShape& s, const Window& window) {
   const int64_t span = s.row_span(), channels = s.in_channels;
   Lanes acc[kPixels] = {};
   float tail[kPixels] = {};
-  for (int64_t ky = 0; ky < s.kernel_h; ++ky) {
+  for (int64_t ky = window.ky_begin; ky < window.ky_end; ++ky) {
     const float* in_ky = in + ky * s.row_size();
     const float* wk = w + ky * span;
-    int64_t j = 0;
-    for (; j + kLanes <= span; j += kLanes) {
+    int64_t j = window.j_begin;
+    for (; j + kLanes <= window.j_end; j += kLanes) {
       Lanes weights;
       __builtin_memcpy(&weights, wk + j, sizeof(weights));
 #pragma GCC unroll 8
@@ -175,7 +198,7 @@ STNJAX_INLINE void ForwardPixelsSingleOutput(const float* __restrict in,
         acc[p] += values * weights;
       }
     }
-    for (; j < span; ++j) {
+    for (; j < window.j_end; ++j) {
       for (int p = 0; p < kPixels; ++p) tail[p] += in_ky[p * channels + j] * wk[j];
     }
   }
@@ -187,7 +210,8 @@ STNJAX_INLINE void ForwardPixelsSingleOutput(const float* __restrict in,
 }
 
 STNJAX_MULTIVERSION void ForwardRowsSingleOutput(const float* x, const float* w, float* y,
-                                                 const ConvShape& s, int64_t rows) {
+                                                 const ConvShape& s, int64_t first,
+                                                 int64_t rows) {
   constexpr int kTile = 4;
   const int64_t channels = s.in_channels;
   for (int64_t oy = 0; oy < rows; ++oy) {
@@ -195,9 +219,13 @@ STNJAX_MULTIVERSION void ForwardRowsSingleOutput(const float* x, const float* w,
     float* out = y + oy * s.out_w;
     int64_t ox = 0;
     for (; ox + kTile <= s.out_w; ox += kTile) {
-      ForwardPixelsSingleOutput<kTile>(in + ox * channels, w, out + ox, s);
+      ForwardPixelsSingleOutput<kTile>(in + ox * channels, w, out + ox, s,
+                                       Overlap(s, first + oy, ox, kTile));
     }
-    for (; ox < s.out_w; ++ox) ForwardPixelsSingleOutput<1>(in + ox * channels, w, out + ox, s);
+    for (; ox < s.out_w; ++ox) {
+      ForwardPixelsSingleOutput<1>(in + ox * channels, w, out + ox, s,
+                                   Overlap(s, first + oy, ox, 1));
+    }
   }
 }
 
@@ -212,15 +240,15 @@ void ForwardImageRows(const float* x, const float* w, const PackedKernel& packed
     rows = padded.data();
   }
   float* out = y + first * s.out_w * s.out_channels;
-  if (s.out_channels == 1) return ForwardRowsSingleOutput(rows, w, out, s, last - first);
+  if (s.out_channels == 1) return ForwardRowsSingleOutput(rows, w, out, s, first, last - first);
   for (const ChannelBlock& block : packed.blocks) {
     const float* wb = packed.values.data() + block.offset;
     float* ob = out + block.first;
     switch (block.vectors) {
-      case 1: ForwardRows<1>(rows, wb, ob, s, last - first, block.count); break;
-      case 2: ForwardRows<2>(rows, wb, ob, s, last - first, block.count); break;
-      case 3: ForwardRows<3>(rows, wb, ob, s, last - first, block.count); break;
-      default: ForwardRows<4>(rows, wb, ob, s, last - first, block.count); break;
+      case 1: ForwardRows<1>(rows, wb, ob, s, first, last - first, block.count); break;
+      case 2: ForwardRows<2>(rows, wb, ob, s, first, last - first, block.count); break;
+      case 3: ForwardRows<3>(rows, wb, ob, s, first, last - first, block.count); break;
+      default: ForwardRows<4>(rows, wb, ob, s, first, last - first, block.count); break;
     }
   }
 }
