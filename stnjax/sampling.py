@@ -169,10 +169,12 @@ def sample_pixels(image, x, y, method, padding_mode, align_corners, implementati
 
 
 def has_cpu_kernel() -> bool:
-  """Whether stnjax's compiled CPU kernel for the bilinear image gradient is built.
+  """Whether stnjax's compiled CPU kernels are built: the bilinear image gradient and
+  the small convolutions of `stnjax.conv_general_dilated`.
 
-  `pip install` compiles it when a C++ compiler is present; without it,
-  `implementation="auto"` uses XLA's scatter-add on the CPU too (same results).
+  `pip install` compiles them when a C++ compiler is present; without them,
+  `implementation="auto"` uses XLA's scatter-add on the CPU too and
+  `conv_general_dilated` is `lax.conv_general_dilated` (same results).
   """
   return _cpu_kernel.AVAILABLE
 
