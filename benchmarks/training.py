@@ -8,8 +8,8 @@ classifier conv 10@5x5, max-pool, ReLU, conv 20@5x5, channel dropout, max-pool, 
 fc 50, ReLU, dropout, fc 10, log-softmax; SGD at 0.01. Both versions take the same
 shapes (28x28x1 and 42x42x1, batch 64 and 256). A step is forward, backward and
 update; each cell is the median of timed steps after warm-up, the versions taking
-turns of a few steps (see `interleaved_medians`). The ratio is PyTorch's time over stnjax's: above 1
-stnjax is faster.
+turns of a few steps (see `interleaved_medians`). The ratio is PyTorch's time over
+stnjax's: above 1 stnjax is faster.
 
 The stnjax classifier uses `stnjax.conv_general_dilated` (through `nn.Conv`'s
 `conv_general_dilated` hook) and `stnjax.max_pool`, as the localization net does; the

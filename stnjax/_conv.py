@@ -150,8 +150,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   (Linen or NNX). The kernel runs calls with an NHWC input, an HWIO kernel, stride 1,
   no dilation and no groups, in float32 (what `nn.Conv` passes for `[B, H, W, C]`
   inputs), with at most 16 input and 32 output channels, on the CPU; it sums in a
-  fixed order, so results are deterministic. Every
-  other call (an `out_sharding` included), and every call on GPU and TPU, is
+  fixed order, so results are deterministic. Every other call (one with an
+  `out_sharding` included), and every call on GPU and TPU, is
   `lax.conv_general_dilated`.
 
   Reverse-mode derivatives of any order work on both paths. Forward mode

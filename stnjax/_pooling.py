@@ -19,7 +19,7 @@ def _window_views(x, window):
   """`[B, H, W, C]` -> `[B, Ho, kh, Wo, kw, C]`; rows and columns past the last whole
   window are dropped, as VALID pooling does."""
   batch, height, width, channels = x.shape
-  (kernel_h, kernel_w), out_h, out_w = window, x.shape[1] // window[0], x.shape[2] // window[1]
+  (kernel_h, kernel_w), out_h, out_w = window, height // window[0], width // window[1]
   x = x[:, :out_h * kernel_h, :out_w * kernel_w]
   return x.reshape(batch, out_h, kernel_h, out_w, kernel_w, channels)
 

@@ -373,7 +373,8 @@ ffi::Error Conv2dForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t blocks =
       std::min<int64_t>(s.out_h, std::max<int64_t>(1, 16 / std::max<int64_t>(s.batch, 1)));
   const int64_t rows_per_block = (s.out_h + blocks - 1) / blocks;
-  const PackedKernel packed = Pack(ws, s);
+  // One output channel needs no packing (ForwardRowsSingleOutput reads the kernel).
+  const PackedKernel packed = s.out_channels == 1 ? PackedKernel{} : Pack(ws, s);
   const PackedKernel* packed_kernel = &packed;
   stnjax::ParallelFor(pool, s.batch * blocks, [=](int64_t task) {
     const int64_t b = task / blocks, first = (task % blocks) * rows_per_block;
