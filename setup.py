@@ -13,7 +13,7 @@ from setuptools import Extension, setup
 setup(ext_modules=[
     Extension(
         "stnjax._cpu_kernels",
-        sources=["stnjax/_native/bilinear.cc", "stnjax/_native/conv.cc"],
+        sources=["stnjax/_native/bilinear.cc"],
         depends=["stnjax/_native/parallel.h"],
         include_dirs=[os.path.join(os.path.dirname(jaxlib.__file__), "include")],
         language="c++",

@@ -5,15 +5,18 @@
     python benchmarks/sampler.py --json out.json --plot out.png
 
 Peers: PyTorch affine_grid + grid_sample (NCHW, same data; when torch is installed),
-stnjax with implementation="xla" (without its compiled CPU kernel),
+stnjax with its defaults (XLA code only), stnjax with implementation="cpu_kernel"
+(its compiled CPU kernel for the image gradient, where built),
 jax.scipy.ndimage.map_coordinates (order 1, per channel, vmapped), dm-pix
 affine_transform (when installed), and the textbook gather sampler
 (benchmarks/baselines.py). All bilinear, zeros padding, align_corners=False.
 
 Modes: forward; forward + backward w.r.t. theta (the common STN case: the input
 needs no gradient); forward + backward w.r.t. theta and image (an STN on a feature
-map). Each cell is the median of repeated runs after warm-up, with
-block_until_ready (JAX) or a synchronized step (torch). The ratio is PyTorch's time
+map). The peers of a cell take turns of a few calls, the first of each turn untimed
+(PyTorch's OpenMP threads spin after a call and slow whatever runs next); each cell
+is the median of the timed calls, with block_until_ready (JAX) or a synchronized step
+(torch). The ratio is PyTorch's time
 divided by the peer's: above 1.0 the peer is faster than PyTorch.
 """
 
@@ -134,9 +137,11 @@ def peers():
     torch_threads = None
     found.append(("torch", None, "torch not installed (pip install torch==2.13.0)"))
   found.append(("stnjax", lambda c, m, i: jax_runner(stnjax.sample, c, m, i), None))
-  # stnjax without its compiled CPU kernel: XLA's scatter-add for the image gradient.
-  xla_only = functools.partial(stnjax.sample, implementation="xla")
-  found.append(("stnjax_xla", lambda c, m, i: jax_runner(xla_only, c, m, i), None))
+  if stnjax.has_cpu_kernel():
+    with_kernel = functools.partial(stnjax.sample, implementation="cpu_kernel")
+    found.append(("stnjax_cpu_kernel", lambda c, m, i: jax_runner(with_kernel, c, m, i), None))
+  else:
+    found.append(("stnjax_cpu_kernel", None, "stnjax's CPU kernel is not built"))
   found.append(("map_coordinates",
                 lambda c, m, i: jax_runner(baselines.map_coordinates_sample, c, m, i), None))
   try:
@@ -148,15 +153,24 @@ def peers():
   return found, torch_threads
 
 
-def median_seconds(run, warmup, repeats):
-  for _ in range(warmup):
-    run()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    run()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+CALLS_PER_TURN = 3
+
+
+def median_seconds_in_turns(runners, warmup, repeats):
+  """Median seconds per call of each runner, the runners taking turns of
+  `CALLS_PER_TURN` timed calls, each turn after one untimed call."""
+  for run in runners.values():
+    for _ in range(warmup):
+      run()
+  times = {name: [] for name in runners}
+  for _ in range(-(-repeats // CALLS_PER_TURN)):
+    for name, run in runners.items():
+      run()
+      for _ in range(CALLS_PER_TURN):
+        start = time.perf_counter()
+        run()
+        times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(values) for name, values in times.items()}
 
 
 def version(package):
@@ -186,21 +200,26 @@ def run(cases, modes, warmup, repeats, only=None):
   for case in cases:
     inputs = make_inputs(case)
     for mode in modes:
+      cell, runners = {}, {}
       for name, factory, reason in available:
         if only and name not in only and name != "torch":
           continue
-        record = dict(shape=case.label, mode=mode, peer=name, batch=case.batch)
+        cell[name] = dict(shape=case.label, mode=mode, peer=name, batch=case.batch)
         if factory is None:
-          record.update(status="skipped", reason=reason)
-        else:
-          try:
-            seconds = median_seconds(factory(case, mode, inputs), warmup, repeats)
-            record.update(status="ok", median_ms=seconds * 1e3,
+          cell[name].update(status="skipped", reason=reason)
+          continue
+        try:
+          runner = factory(case, mode, inputs)
+          runner()  # Compiles; raises here for a case the peer cannot do.
+          runners[name] = runner
+        except ValueError as error:  # A peer that cannot do this case (dm-pix resizing).
+          cell[name].update(status="skipped", reason=str(error))
+      for name, seconds in median_seconds_in_turns(runners, warmup, repeats).items():
+        cell[name].update(status="ok", median_ms=seconds * 1e3,
                           images_per_s=case.batch / seconds)
-          except ValueError as error:  # A peer that cannot do this case (dm-pix resizing).
-            record.update(status="skipped", reason=str(error))
+      for name, record in cell.items():
         records.append(record)
-        print(f"  {case.label:<28} {mode:<17} {name:<16} "
+        print(f"  {case.label:<28} {mode:<17} {name:<18} "
               + (f"{record['median_ms']:9.2f} ms" if record["status"] == "ok"
                  else f"skipped: {record['reason']}"), file=sys.stderr, flush=True)
   add_ratios(records)

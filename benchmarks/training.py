@@ -8,22 +8,15 @@ classifier conv 10@5x5, max-pool, ReLU, conv 20@5x5, channel dropout, max-pool, 
 fc 50, ReLU, dropout, fc 10, log-softmax; SGD at 0.01. Both versions take the same
 shapes (28x28x1 and 42x42x1, batch 64 and 256). A step is forward, backward and
 update; each cell is the median of timed steps after warm-up, the versions taking
-turns of a few steps (see `interleaved_medians`). The ratio is PyTorch's time over
-stnjax's: above 1 stnjax is faster.
-
-The stnjax classifier uses `stnjax.conv_general_dilated` (through `nn.Conv`'s
-`conv_general_dilated` hook) and `stnjax.max_pool`, as the localization net does; the
-`flax_layers` column is the same model with Flax's own `nn.Conv` and `nn.max_pool` in
-the classifier.
+turns of a few steps, the first of each turn untimed (see
+`sampler.median_seconds_in_turns`). The ratio is PyTorch's time over stnjax's: above 1
+stnjax is faster. The stnjax model uses stnjax's defaults and Flax's own layers.
 """
 
 import argparse
-import functools
 import json
 import pathlib
-import statistics
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -47,19 +40,11 @@ def _flat_size(side, convs):
 
 
 class FlaxTutorialNet(nn.Module):
-  """The PyTorch tutorial's STN classifier in Flax (VALID convs, NHWC).
-
-  `stnjax_layers`: the classifier's convolutions and pools are stnjax's (else Flax's).
-  """
-  stnjax_layers: bool = True
+  """The PyTorch tutorial's STN classifier in Flax (VALID convs, NHWC)."""
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    if self.stnjax_layers:
-      conv = functools.partial(nn.Conv, conv_general_dilated=stnjax.conv_general_dilated)
-      max_pool = stnjax.max_pool
-    else:
-      conv, max_pool = nn.Conv, nn.max_pool
+    conv, max_pool = nn.Conv, nn.max_pool
     features = stnjax.linen.TutorialLocalization()(x)
     theta = nn.Dense(6, kernel_init=nn.initializers.zeros,
                      bias_init=lambda *_: jnp.array([1.0, 0, 0, 0, 1.0, 0]))(features)
@@ -73,9 +58,9 @@ class FlaxTutorialNet(nn.Module):
     return nn.log_softmax(nn.Dense(10)(x))
 
 
-def jax_runner(side, batch, inputs, stnjax_layers=True):
+def jax_runner(side, batch, inputs):
   images, labels = jnp.asarray(inputs[0]), jnp.asarray(inputs[1])
-  model = FlaxTutorialNet(stnjax_layers=stnjax_layers)
+  model = FlaxTutorialNet()
   params = model.init(jax.random.key(0), images, train=False)["params"]
   optimizer = optax.sgd(0.01)
   state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
@@ -153,25 +138,6 @@ def torch_runner(side, batch, inputs):
   return run
 
 
-def interleaved_medians(steps, warmup, repeats, per_turn=3):
-  """{name: median seconds of one step}. The versions take turns, `per_turn` steps
-  each, so that the machine's load drifts over all of them alike; the first step of a
-  turn is not timed, since it runs while the previous version's idle worker threads
-  (PyTorch's OpenMP, XLA's pool) may still be spinning."""
-  for step in steps.values():
-    for _ in range(warmup):
-      step()
-  times = {name: [] for name in steps}
-  while min(map(len, times.values())) < repeats:
-    for name, step in steps.items():
-      step()
-      for _ in range(per_turn - 1):
-        start = time.perf_counter()
-        step()
-        times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(seconds[:repeats]) for name, seconds in times.items()}
-
-
 def run(cases, warmup, repeats):
   records = []
   try:
@@ -181,21 +147,19 @@ def run(cases, warmup, repeats):
   except ImportError:
     torch_threads = None
     runners = {}
-  runners.update(stnjax=jax_runner,
-                 flax_layers=functools.partial(jax_runner, stnjax_layers=False))
+  runners.update(stnjax=jax_runner)
   for side, batch in cases:
     rng = np.random.default_rng(0)
     inputs = (rng.uniform(0, 1, (batch, side, side, 1)).astype(np.float32),
               rng.integers(0, 10, batch).astype(np.int32))
     row = {"shape": f"[{batch}, {side}, {side}, 1]", "batch": batch}
     steps = {name: factory(side, batch, inputs) for name, factory in runners.items()}
-    for name, seconds in interleaved_medians(steps, warmup, repeats).items():
+    for name, seconds in sampler.median_seconds_in_turns(steps, warmup, repeats).items():
       row[f"{name}_ms"] = seconds * 1e3
       row[f"{name}_images_per_s"] = batch / seconds
       print(f"  {row['shape']:<18} {name:<7} {seconds * 1e3:8.2f} ms", file=sys.stderr, flush=True)
     if "torch_ms" in row:
       row["ratio_vs_torch"] = row["torch_ms"] / row["stnjax_ms"]
-      row["flax_layers_ratio_vs_torch"] = row["torch_ms"] / row["flax_layers_ms"]
     records.append(row)
   return sampler.environment(torch_threads), records
 
@@ -204,17 +168,13 @@ def table(env, records):
   lines = sampler.header_lines(env) + [
       "train step (forward + backward + SGD update), median; ratio = torch time / stnjax time",
       "",
-      "flax_layers: the same stnjax model with Flax's nn.Conv and nn.max_pool in the classifier",
-      "",
-      "| batch shape | torch images/s | stnjax images/s | ratio | flax_layers images/s | ratio |",
-      "|---|---|---|---|---|---|",
+      "| batch shape | torch images/s | stnjax images/s | ratio |",
+      "|---|---|---|---|",
   ]
   for r in records:
     torch_cell = f"{r['torch_images_per_s']:.0f}" if "torch_ms" in r else "skipped"
     ratio = f"{r['ratio_vs_torch']:.2f}x" if "ratio_vs_torch" in r else "-"
-    flax_ratio = f"{r['flax_layers_ratio_vs_torch']:.2f}x" if "ratio_vs_torch" in r else "-"
-    lines.append(f"| {r['shape']} | {torch_cell} | {r['stnjax_images_per_s']:.0f} | {ratio} "
-                 f"| {r['flax_layers_images_per_s']:.0f} | {flax_ratio} |")
+    lines.append(f"| {r['shape']} | {torch_cell} | {r['stnjax_images_per_s']:.0f} | {ratio} |")
   if not any("torch_ms" in r for r in records):
     lines.append("skipped torch: not installed (pip install torch==2.13.0)")
   return "\n".join(lines)

@@ -17,14 +17,12 @@ Results match PyTorch's `affine_grid` and `grid_sample` with NCHW transposed to 
 from stnjax import linen
 from stnjax import nnx
 from stnjax import transforms
-from stnjax._conv import conv_general_dilated
 from stnjax._heads import TransformOutput
 from stnjax.grid import affine_grid
 from stnjax.grid import normalized_to_pixel
 from stnjax.grid import pixel_matrix_from_theta
 from stnjax.grid import pixel_to_normalized
 from stnjax.grid import theta_from_pixel_matrix
-from stnjax._pooling import max_pool
 from stnjax.linen import SpatialTransformer
 from stnjax.sampling import grid_sample
 from stnjax.sampling import has_cpu_kernel
@@ -36,11 +34,9 @@ __all__ = [
     "SpatialTransformer",
     "TransformOutput",
     "affine_grid",
-    "conv_general_dilated",
     "grid_sample",
     "has_cpu_kernel",
     "linen",
-    "max_pool",
     "nnx",
     "normalized_to_pixel",
     "pixel_matrix_from_theta",

@@ -1,178 +1,240 @@
-"""Bilinear sampling with a hand-written VJP: the hot path of `stnjax.sample`.
+"""Bilinear sampling as JAX primitives, so that every transformation composes with it.
 
-Images are flattened to rows `[B * H * W, C]` and read at pixel coordinates x, y
-`[B, ...]` (padding already applied), the batch folded into the row indices, so one
-gather per corner serves every image. Autodiff of the same forward code is 5-20x
-slower on XLA's CPU backend, so the backward pass is written out:
+Four primitives, in two pairs that are each other's transposes:
 
-  * the four corner reads are recomputed, not stored;
-  * the coordinate gradient is cotangent . sum_k slope_k * value_k, where slope_k is
-    d(weight_k)/dx (or dy): one fused loop per axis, like the forward pass;
-  * the image gradient scatters weight_k * cotangent into each corner's row: on the
-    CPU with stnjax's compiled kernel when it is built (`_cpu_kernel`), elsewhere with
-    XLA's scatter-add. XLA:CPU runs the scatter on one thread, and its temporaries
-    (~60 MB at 16x224x224x3) are freshly mapped and page-faulted on every call;
-    the kernel writes straight into the result, one image per task;
-  * the rest runs over two halves of the batch in a loop: the loop boundary makes
-    XLA materialize the coordinates, where otherwise every gather re-derives them.
+  * `read_p(images, x, y)`: the bilinear read, linear in the images, and
+    `image_gradient_p(cotangent, x, y)`, its transpose in the images;
+  * `coordinate_tangent_p(tangent_x, tangent_y, images, x, y)`: the read's change
+    along tangents of the coordinates (its JVP in x and y), linear in the tangents, and
+    `coordinate_cotangent_p(cotangent, images, x, y)`, its transpose: the gradient
+    with respect to x and y, recomputed from the image in the backward pass rather
+    than stored.
+
+`read_p`'s JVP is `read_p` of the image's tangent plus `coordinate_tangent_p`, linear
+in the tangents, so JAX transposes it for reverse mode. The other three differentiate
+in their nonlinear arguments by plain autodiff of the reference code in `_corners`, so
+derivatives of every order and mode hold. Batching folds the mapped axis into the
+image batch. Each lowers to the reference code; on the CPU the backward pieces run
+over two halves of the batch (`_corners.in_two_chunks`) with written-out channel sums,
+and the image gradient runs in the compiled kernel for `implementation="cpu_kernel"`.
+
+Shapes: images float32 `[B, H, W, C]`; x, y and their tangents float32 `[B, N]`
+(padding applied); reads and their cotangents float32 `[B, N, C]`.
 """
 
 import functools
 
 import jax
+from jax._src import dispatch  # apply_primitive: how jaxlib's own primitives run eagerly.
+from jax.extend.core import Primitive
+from jax.interpreters import ad
+from jax.interpreters import batching
+from jax.interpreters import mlir
 import jax.numpy as jnp
 
+from stnjax import _corners
 from stnjax import _cpu_kernel
 
-# Few channels are summed with written-out adds rather than a reduction (see
-# _channel_sum); more than this many use the reduction.
-UNROLLED_CHANNELS = 16
+read_p = Primitive("stnjax_bilinear_read")
+image_gradient_p = Primitive("stnjax_bilinear_image_gradient")
+coordinate_tangent_p = Primitive("stnjax_bilinear_coordinate_tangent")
+coordinate_cotangent_p = Primitive("stnjax_bilinear_coordinate_cotangent")
+coordinate_cotangent_p.multiple_results = True
 
 
-def index_and_mask(coord, size):
-  """Integer index (always inside the axis) and in-bounds mask of integral float coordinates."""
-  inside = (coord >= 0) & (coord <= size - 1)  # False for NaN.
-  # Replace out-of-range values before the integer cast: huge or NaN never cast.
-  index = jnp.where(inside, coord, 0.0).astype(jnp.int32)
-  return index, inside
+def read(images, x, y, implementation):
+  return read_p.bind(images, x, y, implementation=implementation)
 
 
-def _channel_sum(values):
-  """Sum over the last axis `[..., C] -> [...]`, written out for few channels: XLA:CPU
-  reduces a short axis of gathered values ~20x slower than these elementwise adds."""
-  channels = values.shape[-1]
-  if channels > UNROLLED_CHANNELS:
-    return values.sum(-1)
-  return sum(values[..., c] for c in range(channels))
+def image_gradient(cotangent, x, y, height, width, implementation):
+  return image_gradient_p.bind(cotangent, x, y, height=height, width=width,
+                               implementation=implementation)
 
 
-def _bilinear_corners(x, y, height, width):
-  """The 4 corners of points x, y `[B, ...]` in images `[B, H, W]` flattened to rows.
-
-  Returns:
-    `(corners, right, bottom)`: corners is a list of `(row_index, inside)` for the
-    top-left, top-right, bottom-left and bottom-right corners (indices always valid,
-    `inside` False where the corner is off the image or the point is NaN); right and
-    bottom are the fractional parts of x and y.
-  """
-  x_left, y_top = jnp.floor(x), jnp.floor(y)  # floor and floor + 1: never ceil.
-  image_start = (jnp.arange(x.shape[0], dtype=jnp.int32) * (height * width)).reshape(
-      (-1,) + (1,) * (x.ndim - 1))
-  corners = []
-  for row_coord in (y_top, y_top + 1):
-    row, row_inside = index_and_mask(row_coord, height)
-    for col_coord in (x_left, x_left + 1):
-      col, col_inside = index_and_mask(col_coord, width)
-      corners.append((image_start + row * width + col, row_inside & col_inside))
-  return corners, x - x_left, y - y_top
+# Shapes.
 
 
-def _corner_weights(right, bottom):
-  return ((1 - right) * (1 - bottom), right * (1 - bottom), (1 - right) * bottom,
-          right * bottom)
+def _points_aval(x, channels=None):
+  shape = x.shape if channels is None else x.shape + (channels,)
+  return x.update(shape=shape, dtype=jnp.float32)
 
 
-def _corner_slopes(right, bottom):
-  """d(weight)/dx and d(weight)/dy of each corner."""
-  # Corners in the order top-left, top-right, bottom-left, bottom-right.
-  return ((bottom - 1, 1 - bottom, -bottom, bottom),
-          (right - 1, -right, 1 - right, right))
+read_p.def_abstract_eval(lambda images, x, y, **_: _points_aval(x, images.shape[-1]))
+image_gradient_p.def_abstract_eval(
+    lambda cotangent, x, y, *, height, width, **_: cotangent.update(
+        shape=(x.shape[0], height, width, cotangent.shape[-1]), dtype=jnp.float32))
+coordinate_tangent_p.def_abstract_eval(
+    lambda tangent_x, tangent_y, images, x, y: _points_aval(x, images.shape[-1]))
+coordinate_cotangent_p.def_abstract_eval(
+    lambda cotangent, images, x, y: [_points_aval(x), _points_aval(x)])
+
+_PRIMITIVES = (read_p, image_gradient_p, coordinate_tangent_p, coordinate_cotangent_p)
+for _primitive in _PRIMITIVES:
+  # Compiled on its own when called outside jit (also under jax.disable_jit()).
+  _primitive.def_impl(functools.partial(dispatch.apply_primitive, _primitive))
 
 
-def _weighted_corner_sum(rows, corners, weights):
-  """Sum over corners of weight * value (zero off the image): `[..., C]` float32.
-
-  One expression for all four reads, so that XLA fuses the gathers and the index
-  arithmetic into a single loop.
-  """
-  out = 0.0
-  for (index, inside), weight in zip(corners, weights):
-    out = out + jnp.where(inside, weight, 0.0)[..., None] * rows[index]
-  return out
+# The reference code for each primitive (plain JAX, differentiable in every argument).
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _bilinear_rows(rows, x, y, height, width, implementation):
-  """Images flattened to rows `[B * H * W, C]` read at x, y `[B, ...]`: float32 `[B, ..., C]`.
-
-  The custom VJP recomputes the four corner reads instead of storing them, gets the
-  coordinate gradient from two more weighted corner sums (with the weights' slopes),
-  and scatters `weight * cotangent` per corner into the image gradient. Autodiff of
-  the same code is 5-20x slower on XLA's CPU backend: it splits the reads into
-  separate gathers that each redo the index arithmetic.
-  """
-  del implementation  # Only the backward pass differs.
-  corners, right, bottom = _bilinear_corners(x, y, height, width)
-  return _weighted_corner_sum(rows, corners, _corner_weights(right, bottom))
+def _read_reference(images, x, y, implementation):
+  del implementation
+  return _corners.read(images, x, y)
 
 
-def _bilinear_rows_forward(rows, x, y, height, width, implementation):
-  return _bilinear_rows(rows, x, y, height, width, implementation), (rows, x, y)
+def _image_gradient_reference(cotangent, x, y, *, height, width, implementation):
+  del implementation
+  return _corners.image_gradient(cotangent, x, y, height, width)
 
 
-def _bilinear_rows_backward(height, width, implementation, residuals, cotangent):
-  rows, x, y = residuals
-
-  def with_xla_scatter(rows, x, y, cotangent):
-    return _backward_in_chunks(rows, x, y, cotangent, height, width, scatter=True)
-
-  def with_cpu_kernel(rows, x, y, cotangent):
-    grad_x, grad_y = _backward_in_chunks(rows, x, y, cotangent, height, width, scatter=False)
-    grad_image = _cpu_kernel.bilinear_image_grad(x, y, cotangent, height, width)
-    return grad_image.reshape(rows.shape), grad_x, grad_y
-
-  if implementation == "auto" and _cpu_kernel.AVAILABLE:
-    grads = jax.lax.platform_dependent(rows, x, y, cotangent, cpu=with_cpu_kernel,
-                                       default=with_xla_scatter)
-  else:
-    grads = with_xla_scatter(rows, x, y, cotangent)
-  return tuple(grad.astype(primal.dtype) for grad, primal in zip(grads, (rows, x, y)))
+_REFERENCES = {
+    read_p: _read_reference,
+    image_gradient_p: _image_gradient_reference,
+    coordinate_tangent_p: _corners.coordinate_tangent,
+    coordinate_cotangent_p: lambda *args: list(_corners.coordinate_cotangent(*args)),
+}
 
 
-def _backward_in_chunks(rows, x, y, cotangent, height, width, scatter):
-  """Gradients of (image rows, x, y) with `scatter`, else of (x, y) only."""
-  batch = x.shape[0]
-  # Two chunks of the batch in a loop: the loop boundary makes XLA materialize the
-  # coordinates, so the gathers inside do only cheap index arithmetic.
-  chunks = 2 if batch % 2 == 0 else 1
-  per_chunk = lambda a: a.reshape((chunks, a.shape[0] // chunks) + a.shape[1:])
-  merge = lambda a: a.reshape((-1,) + a.shape[2:])
-  grads = jax.lax.map(
-      lambda args: _backward_chunk(*args, height, width, scatter),
-      (per_chunk(rows), per_chunk(x), per_chunk(y), per_chunk(cotangent)))
-  return tuple(merge(grad) for grad in grads)
+# Lowering: the reference code; on the CPU in two chunks, or the compiled kernel.
 
 
-def _backward_chunk(rows, x, y, cotangent, height, width, scatter):
-  corners, right, bottom = _bilinear_corners(x, y, height, width)
-  x_slopes, y_slopes = _corner_slopes(right, bottom)
-  grad_x = _channel_sum(cotangent * _weighted_corner_sum(rows, corners, x_slopes))
-  grad_y = _channel_sum(cotangent * _weighted_corner_sum(rows, corners, y_slopes))
-  if not scatter:
-    return grad_x, grad_y
-  grad_rows = jnp.zeros(rows.shape, jnp.float32)
-  for (index, inside), weight in zip(corners, _corner_weights(right, bottom)):
-    grad_rows = grad_rows.at[index].add(jnp.where(inside, weight, 0.0)[..., None] * cotangent,
-                                        mode="promise_in_bounds")
-  return grad_rows, grad_x, grad_y
+def _image_gradient_on_cpu(cotangent, x, y, *, height, width, implementation):
+  del implementation
+  gradient = functools.partial(_corners.image_gradient, height=height, width=width)
+  grad = _corners.in_two_chunks(gradient, cotangent, x, y)
+  return grad.reshape((x.shape[0], height, width, cotangent.shape[-1]))
 
 
-_bilinear_rows.defvjp(_bilinear_rows_forward, _bilinear_rows_backward)
+def _image_gradient_cpu_lowering(ctx, cotangent, x, y, *, height, width, implementation):
+  if implementation == "cpu_kernel":
+    # The kernel takes (x, y, cotangent); ffi_lowering reads the operands' types from ctx.
+    kernel_ctx = ctx.replace(avals_in=(ctx.avals_in[1], ctx.avals_in[2], ctx.avals_in[0]))
+    return jax.ffi.ffi_lowering(_cpu_kernel.TARGET)(kernel_ctx, x, y, cotangent)
+  return mlir.lower_fun(functools.partial(
+      _image_gradient_on_cpu, height=height, width=width, implementation=implementation),
+                        multiple_results=False)(ctx, cotangent, x, y)
 
 
-def bilinear(images, x, y, implementation="auto"):
-  """images `[B, H, W, C]` read at x, y `[B, ...]` (padding applied): float32 `[B, ..., C]`.
+def _coordinate_cotangent_on_cpu(cotangent, images, x, y):
+  return list(_corners.in_two_chunks(
+      functools.partial(_corners.coordinate_cotangent, unrolled=True), cotangent, images, x, y))
 
-  The batch is folded into flat row indices: one gather per corner for all images.
-  `implementation` picks how the image gradient is computed: `"auto"` uses the
-  compiled CPU kernel on the CPU when it is built and XLA's scatter-add elsewhere;
-  `"xla"` always uses XLA's scatter-add.
-  """
-  batch, height, width, channels = images.shape
-  if batch * height * width >= 2**31:
-    raise ValueError(f"bilinear sampling indexes pixels with int32: {batch} images of "
-                     f"{height}x{width} exceed 2**31 pixels; split the batch.")
-  if not jnp.issubdtype(images.dtype, jnp.floating):
-    images = images.astype(jnp.float32)
-  return _bilinear_rows(images.reshape(batch * height * width, channels), x, y, height, width,
-                        implementation)
+
+for _primitive in _PRIMITIVES:
+  mlir.register_lowering(_primitive, mlir.lower_fun(
+      _REFERENCES[_primitive], multiple_results=_primitive.multiple_results))
+mlir.register_lowering(image_gradient_p, _image_gradient_cpu_lowering, platform="cpu")
+mlir.register_lowering(coordinate_tangent_p, mlir.lower_fun(
+    lambda *args: _corners.in_two_chunks(_corners.coordinate_tangent, *args),
+    multiple_results=False), platform="cpu")
+mlir.register_lowering(coordinate_cotangent_p, mlir.lower_fun(
+    _coordinate_cotangent_on_cpu, multiple_results=True), platform="cpu")
+
+
+# Derivatives. Each primitive is linear in its first `_LINEAR[p]` arguments.
+
+_LINEAR = {read_p: 1, image_gradient_p: 1, coordinate_tangent_p: 2, coordinate_cotangent_p: 1}
+
+
+def _is_zero(tangent):
+  return type(tangent) is ad.Zero
+
+
+def _sum_terms(terms):
+  return functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), terms)
+
+
+def _read_jvp(primals, tangents, *, implementation):
+  images, x, y = primals
+  tangent_images, tangent_x, tangent_y = tangents
+  terms = []
+  if not (_is_zero(tangent_x) and _is_zero(tangent_y)):
+    terms.append(coordinate_tangent_p.bind(ad.instantiate_zeros(tangent_x),
+                                           ad.instantiate_zeros(tangent_y), images, x, y))
+  if not _is_zero(tangent_images):
+    terms.append(read(tangent_images, x, y, implementation))
+  return read(images, x, y, implementation), _sum_terms(terms)
+
+
+def _linear_jvp(primitive):
+  """JVP of a primitive linear in its first arguments: itself for their tangents, plain
+  autodiff of the reference code for the others'."""
+  linear = _LINEAR[primitive]
+
+  def jvp(primals, tangents, **params):
+    out = primitive.bind(*primals, **params)
+    fixed, varying = primals[:linear], primals[linear:]
+    terms = []
+    if not all(_is_zero(t) for t in tangents[:linear]):
+      linear_tangents = [ad.instantiate_zeros(t) for t in tangents[:linear]]
+      terms.append(primitive.bind(*linear_tangents, *varying, **params))
+    if not all(_is_zero(t) for t in tangents[linear:]):
+      reference = lambda *varying: _REFERENCES[primitive](*fixed, *varying, **params)
+      terms.append(jax.jvp(reference, tuple(varying),
+                           tuple(ad.instantiate_zeros(t) for t in tangents[linear:]))[1])
+    return out, _sum_terms(terms)
+
+  return jvp
+
+
+def _transpose_rule(primitive, transposed, transposed_params):
+  """Transpose of `primitive` in its linear arguments: `transposed` of the cotangent(s)."""
+  linear = _LINEAR[primitive]
+
+  def transpose(cotangent, *args, **params):
+    linear_args, others = args[:linear], args[linear:]
+    if any(ad.is_undefined_primal(a) for a in others):
+      raise ValueError(f"{primitive.name} is linear in its first {linear} argument(s) only; "
+                       "transposing it needs the others known.")
+    cotangents = cotangent if primitive.multiple_results else [cotangent]
+    if all(_is_zero(c) for c in cotangents):
+      return [ad.Zero(a.aval) for a in linear_args] + [None] * len(others)
+    cotangents = [ad.instantiate_zeros(c) for c in cotangents]
+    out = transposed.bind(*cotangents, *others, **transposed_params(args, params))
+    return list(out if transposed.multiple_results else [out]) + [None] * len(others)
+
+  return transpose
+
+
+ad.primitive_jvps[read_p] = _read_jvp
+for _primitive in (image_gradient_p, coordinate_tangent_p, coordinate_cotangent_p):
+  ad.primitive_jvps[_primitive] = _linear_jvp(_primitive)
+ad.primitive_transposes[read_p] = _transpose_rule(
+    read_p, image_gradient_p,
+    lambda args, params: dict(height=args[0].aval.shape[1], width=args[0].aval.shape[2],
+                              **params))
+ad.primitive_transposes[image_gradient_p] = _transpose_rule(
+    image_gradient_p, read_p, lambda args, params: dict(implementation=params["implementation"]))
+ad.primitive_transposes[coordinate_tangent_p] = _transpose_rule(
+    coordinate_tangent_p, coordinate_cotangent_p, lambda args, params: {})
+ad.primitive_transposes[coordinate_cotangent_p] = _transpose_rule(
+    coordinate_cotangent_p, coordinate_tangent_p, lambda args, params: {})
+
+
+# Batching: the mapped axis becomes more images.
+
+
+def _fold_mapped_axis(args, dims):
+  """Moves each argument's mapped axis to the front (broadcasting unmapped ones) and
+  folds it into the image batch: returns the folded arguments and the mapped size."""
+  size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+  folded = []
+  for arg, dim in zip(args, dims):
+    arg = jnp.broadcast_to(arg, (size,) + arg.shape) if dim is None else jnp.moveaxis(arg, dim, 0)
+    folded.append(arg.reshape((size * arg.shape[1],) + arg.shape[2:]))
+  return folded, size
+
+
+def _batch_rule(primitive):
+  def rule(args, dims, **params):
+    folded, size = _fold_mapped_axis(args, dims)
+    out = primitive.bind(*folded, **params)
+    unfold = lambda o: o.reshape((size, -1) + o.shape[1:])
+    if primitive.multiple_results:
+      return [unfold(o) for o in out], [0] * len(out)
+    return unfold(out), 0
+  return rule
+
+
+for _primitive in _PRIMITIVES:
+  batching.primitive_batchers[_primitive] = _batch_rule(_primitive)

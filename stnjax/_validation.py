@@ -4,12 +4,15 @@ import jax.numpy as jnp
 
 METHODS = ("bilinear", "nearest", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection")
-IMPLEMENTATIONS = ("auto", "xla")
+IMPLEMENTATIONS = ("xla", "cpu_kernel")
 
 
-def check_options(method: str, padding_mode: str, implementation: str = "auto") -> None:
+def check_implementation(implementation: str) -> None:
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
+
+
+def check_options(method: str, padding_mode: str) -> None:
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
   if padding_mode not in PADDING_MODES:

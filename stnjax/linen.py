@@ -17,10 +17,8 @@ from typing import Optional, Union
 import flax.linen as nn
 import jax.numpy as jnp
 
-from stnjax import _conv
 from stnjax import _heads
 from stnjax import _layers
-from stnjax import _pooling
 from stnjax import transforms
 
 
@@ -36,11 +34,10 @@ class Localization(nn.Module):
     taps, convs, denses = [], 0, 0
     for kind, *args in self.layers:
       if kind == "conv":
-        x = nn.Conv(args[0], (args[1], args[1]), padding=self.padding, name=f"conv_{convs}",
-                    conv_general_dilated=_conv.conv_general_dilated)(x)
+        x = nn.Conv(args[0], (args[1], args[1]), padding=self.padding, name=f"conv_{convs}")(x)
         convs += 1
       elif kind in ("max_pool", "avg_pool"):
-        pool = _pooling.max_pool if kind == "max_pool" else nn.avg_pool
+        pool = nn.max_pool if kind == "max_pool" else nn.avg_pool
         x = pool(x, (args[0], args[0]), strides=(args[0], args[0]), padding=self.padding)
       elif kind == "relu":
         x = nn.relu(x)
@@ -90,7 +87,8 @@ class SpatialTransformer(nn.Module):
     out_shape: `(Ho, Wo)` of the output; defaults to the input's.
     num_heads: K transformers sharing one localization net (the paper's 2x/4x ST-CNN).
     heads: with K > 1, "stack" gives `[B, K, Ho, Wo, C]`, "concat" `[B, Ho, Wo, K * C]`.
-    method, padding_mode, align_corners: passed to the sampler.
+    method, padding_mode, align_corners, implementation: passed to the sampler (see
+      `stnjax.sample`).
 
   Call with `x` `[B, H, W, C]`; `return_transform=True` also returns a
   `TransformOutput` (params, theta or TPS grid) from the same forward pass. The params
@@ -104,11 +102,13 @@ class SpatialTransformer(nn.Module):
   method: str = "bilinear"
   padding_mode: str = "zeros"
   align_corners: bool = False
+  implementation: str = "xla"
 
   @nn.compact
   def __call__(self, x, *, return_transform: bool = False):
     _heads.check_input(x, "SpatialTransformer")
-    _heads.check_options(self.num_heads, self.heads, self.method, self.padding_mode)
+    _heads.check_options(self.num_heads, self.heads, self.method, self.padding_mode,
+                         self.implementation)
     family = _heads.resolve_transform(self.transform)
     localization = self.localization or TutorialLocalization(padding="SAME",
                                                              name="localization")
@@ -122,6 +122,6 @@ class SpatialTransformer(nn.Module):
     out, info = _heads.warp_heads(
         family, raw_params, x, num_heads=self.num_heads, heads=self.heads,
         out_shape=self.out_shape, method=self.method, padding_mode=self.padding_mode,
-        align_corners=self.align_corners)
+        align_corners=self.align_corners, implementation=self.implementation)
     self.sow("intermediates", "transform_params", info.params)
     return (out, info) if return_transform else out

@@ -13,10 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from stnjax import _conv
 from stnjax import _heads
 from stnjax import _layers
-from stnjax import _pooling
 from stnjax import transforms
 
 
@@ -36,8 +34,7 @@ class Localization(nnx.Module):
     for kind, *args in layers:
       if kind == "conv":
         setattr(self, f"conv_{convs}", nnx.Conv(
-            next(widths), args[0], (args[1], args[1]), padding=padding,
-            conv_general_dilated=_conv.conv_general_dilated, rngs=rngs))
+            next(widths), args[0], (args[1], args[1]), padding=padding, rngs=rngs))
         convs += 1
       elif kind == "dense":
         setattr(self, f"dense_{denses}", nnx.Linear(next(widths), args[0], rngs=rngs))
@@ -54,7 +51,7 @@ class Localization(nnx.Module):
         x = getattr(self, f"conv_{convs}")(x)
         convs += 1
       elif kind in ("max_pool", "avg_pool"):
-        pool = _pooling.max_pool if kind == "max_pool" else nnx.avg_pool
+        pool = nnx.max_pool if kind == "max_pool" else nnx.avg_pool
         x = pool(x, (args[0], args[0]), strides=(args[0], args[0]), padding=self.padding)
       elif kind == "relu":
         x = jax.nn.relu(x)
@@ -96,7 +93,8 @@ class SpatialTransformer(nnx.Module):
     input_shape: `(H, W, C)` of the inputs.
     localization: any NNX module `[B, H, W, C] -> [B, ...]`; defaults to
       `TutorialLocalization(input_shape, padding="SAME")`.
-    transform, out_shape, num_heads, heads, method, padding_mode, align_corners: as in
+    transform, out_shape, num_heads, heads, method, padding_mode, align_corners,
+      implementation: as in
       `stnjax.SpatialTransformer` (Linen).
     rngs: for parameter initialization.
 
@@ -107,11 +105,13 @@ class SpatialTransformer(nnx.Module):
   def __init__(self, input_shape, *, localization: Optional[nnx.Module] = None,
                transform: Union[str, transforms.Transform] = "affine", out_shape=None,
                num_heads: int = 1, heads: str = "stack", method: str = "bilinear",
-               padding_mode: str = "zeros", align_corners: bool = False, rngs: nnx.Rngs):
-    _heads.check_options(num_heads, heads, method, padding_mode)
+               padding_mode: str = "zeros", align_corners: bool = False,
+               implementation: str = "xla", rngs: nnx.Rngs):
+    _heads.check_options(num_heads, heads, method, padding_mode, implementation)
     self.family = _heads.resolve_transform(transform)
     self.out_shape, self.num_heads, self.heads = out_shape, num_heads, heads
     self.method, self.padding_mode, self.align_corners = method, padding_mode, align_corners
+    self.implementation = implementation
     self.localization = localization or TutorialLocalization(input_shape, padding="SAME",
                                                              rngs=rngs)
     features = jax.eval_shape(self.localization, jnp.zeros((1,) + tuple(input_shape)))
@@ -127,5 +127,5 @@ class SpatialTransformer(nnx.Module):
     out, info = _heads.warp_heads(
         self.family, raw_params, x, num_heads=self.num_heads, heads=self.heads,
         out_shape=self.out_shape, method=self.method, padding_mode=self.padding_mode,
-        align_corners=self.align_corners)
+        align_corners=self.align_corners, implementation=self.implementation)
     return (out, info) if return_transform else out

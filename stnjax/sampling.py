@@ -18,187 +18,112 @@ meaningful.
 
 import functools
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from stnjax import _bilinear
 from stnjax import _cpu_kernel
+from stnjax import _interpolation
 from stnjax import _validation
 from stnjax import grid as grid_lib
 
-__all__ = ["grid_sample", "has_cpu_kernel", "sample"]
-
-# PyTorch's bicubic convolution coefficient (Keys' kernel with a = -0.75).
-_CUBIC_A = -0.75
+__all__ = ["Locator", "grid_sample", "has_cpu_kernel", "sample", "warp_with"]
 
 
-def _clip_to_image(coord, size):
-  # Explicit comparisons rather than jnp.clip: zero gradient on the border itself, as
-  # in PyTorch, and NaN passes through to be masked later.
-  return jnp.where(coord <= 0, 0.0, jnp.where(coord >= size - 1, size - 1.0, coord))
+class Locator(NamedTuple):
+  """How a warp finds, for each output pixel, the input pixel it reads.
 
-
-def _reflect(coord, twice_low, twice_high):
-  """Mirrors coord into [twice_low / 2, twice_high / 2], as PyTorch's reflect_coordinates."""
-  if twice_low == twice_high:
-    return jnp.zeros_like(coord)
-  low = twice_low / 2
-  span = (twice_high - twice_low) / 2
-  coord = coord - low
-  coord = jnp.where(coord < 0, -coord, coord)
-  extra = jnp.fmod(coord, span)
-  flips = jnp.floor(coord / span)
-  return jnp.where(jnp.fmod(flips, 2) == 0, extra + low, span - extra + low)
-
-
-def _apply_padding(coord, size, padding_mode, align_corners):
-  """Maps pixel coordinates into the image for border and reflection padding."""
-  if padding_mode == "border":
-    return _clip_to_image(coord, size)
-  if padding_mode == "reflection":
-    if align_corners:
-      coord = _reflect(coord, 0, 2 * (size - 1))
-    else:
-      coord = _reflect(coord, -1, 2 * size - 1)
-    return _clip_to_image(coord, size)
-  return coord
-
-
-class _Image:
-  """One image `[H, W, C]` flattened to rows of channels, for gathers at (row, col)."""
-
-  def __init__(self, image):
-    self.height, self.width, self.channels = image.shape
-    if not jnp.issubdtype(image.dtype, jnp.floating):
-      image = image.astype(jnp.float32)
-    self.pixels = image.reshape(self.height * self.width, self.channels)
-
-  def read(self, row, col, inside, weight=None):
-    """Pixels at integer (row, col) `[...]`, times weight, zero where not inside: `[..., C]`."""
-    values = self.pixels[row * self.width + col]
-    if weight is None:
-      return jnp.where(inside[..., None], values, jnp.zeros((), values.dtype))
-    return _scale_rows(jnp.where(inside, weight, 0.0), values)
-
-
-def _scale_rows(weight, values):
-  """weight `[...]` times values `[..., C]`, accumulated in float32.
-
-  Few channels are multiplied one by one: the transpose (taken by autodiff for nearest
-  and bicubic) is then elementwise, where a broadcast's transpose is a reduction over a
-  short channel axis that XLA's CPU backend runs ~20x slower.
+  Attributes:
+    name: what the coordinates argument is called in error messages ("theta", ...).
+    layout: its trailing dims in words, e.g. "2 or 3, 3".
+    rank: the number of those trailing dims.
+    check: raises a clear error for a bad coordinates argument.
+    source_pixels: `(coords, in_shape, out_shape, align_corners) -> (x, y)`, float32
+      input pixel positions `[..., Ho, Wo]`.
   """
-  channels = values.shape[-1]
-  if channels > _bilinear.UNROLLED_CHANNELS:
-    return weight[..., None] * values
-  return jnp.stack([weight * values[..., c] for c in range(channels)], axis=-1)
+  name: str
+  layout: str
+  rank: int
+  check: Callable[[jax.Array], None]
+  source_pixels: Callable[..., tuple[jax.Array, jax.Array]]
 
 
-def _nearest(image, x, y):
-  # jnp.round rounds half to even, as std::nearbyint in PyTorch.
-  row, row_inside = _bilinear.index_and_mask(jnp.round(y), image.height)
-  col, col_inside = _bilinear.index_and_mask(jnp.round(x), image.width)
-  return image.read(row, col, row_inside & col_inside).astype(jnp.float32)
+def _grid_source_pixels(grid, in_shape, out_shape, align_corners):
+  del out_shape  # The grid's own.
+  height, width = in_shape
+  grid = grid.astype(jnp.float32)
+  return (grid_lib.unnormalize(grid[..., 0], width, align_corners),
+          grid_lib.unnormalize(grid[..., 1], height, align_corners))
 
 
-def _cubic_weights(t):
-  """Weights of the taps at floor - 1, floor, floor + 1, floor + 2 for fraction t."""
-  def near(s):  # |s| <= 1
-    return ((_CUBIC_A + 2) * s - (_CUBIC_A + 3)) * s * s + 1
-
-  def far(s):  # 1 < |s| < 2
-    return ((_CUBIC_A * s - 5 * _CUBIC_A) * s + 8 * _CUBIC_A) * s - 4 * _CUBIC_A
-
-  return far(t + 1), near(t), near(1 - t), far(2 - t)
+THETA = Locator("theta", "2 or 3, 3", 2, _validation.check_theta, grid_lib.source_pixels)
+GRID = Locator("grid", "Ho, Wo, 2", 3, _validation.check_grid, _grid_source_pixels)
 
 
-def _bicubic(image, x, y, padding_mode, align_corners):
-  # Padding applies to each tap, not to the sampling point, as in PyTorch.
-  x_floor, y_floor = jnp.floor(x), jnp.floor(y)
-  # inf - inf would poison the weights of taps that border padding keeps; any finite
-  # fraction is right there, as the four weights sum to one.
-  col_weights = _cubic_weights(jnp.where(jnp.isfinite(x), x - x_floor, 0.0))
-  row_weights = _cubic_weights(jnp.where(jnp.isfinite(y), y - y_floor, 0.0))
-  cols = [_bilinear.index_and_mask(_apply_padding(x_floor + offset, image.width, padding_mode,
-                                         align_corners), image.width)
-          for offset in (-1, 0, 1, 2)]
-  out = 0.0
-  for row_offset, row_weight in zip((-1, 0, 1, 2), row_weights):
-    row, row_inside = _bilinear.index_and_mask(
-        _apply_padding(y_floor + row_offset, image.height, padding_mode, align_corners),
-        image.height)
-    for (col, col_inside), col_weight in zip(cols, col_weights):
-      out = out + image.read(row, col, row_inside & col_inside, row_weight * col_weight)
-  return out
-
-
-def _sample_pixels(image, x, y, method, padding_mode, align_corners):
-  """One image `[H, W, C]` read at pixel coordinates x, y `[...]`: float32 `[..., C]`."""
-  image = _Image(image)
-  if method == "bicubic":
-    return _bicubic(image, x, y, padding_mode, align_corners)
-  x = _apply_padding(x, image.width, padding_mode, align_corners)
-  y = _apply_padding(y, image.height, padding_mode, align_corners)
-  return _nearest(image, x, y)
-
-
-def sample_pixels(image, x, y, method, padding_mode, align_corners, implementation="auto"):
-  """Reads image `[*batch, H, W, C]` at pixel coordinates x, y `[*batch, ...]`.
-
-  Unchecked building block of the public functions. Returns `[*batch, ..., C]` in the
-  image's dtype (float32 for integer images).
-  """
+def _read(image, x, y, method, padding_mode, align_corners, implementation):
+  """image `[*batch, H, W, C]` read at pixel coordinates x, y `[*batch, ...]`."""
   batch_shape = image.shape[:-3]
   batch_size = math.prod(batch_shape)
   per_example = x.shape[len(batch_shape):]
   images = image.reshape((batch_size,) + image.shape[-3:])
   x, y = x.reshape((batch_size,) + per_example), y.reshape((batch_size,) + per_example)
-  if method == "bilinear":
-    height, width = image.shape[-3:-1]
-    out = _bilinear.bilinear(images, _apply_padding(x, width, padding_mode, align_corners),
-                             _apply_padding(y, height, padding_mode, align_corners),
-                             implementation)
-  else:
-    read = functools.partial(_sample_pixels, method=method, padding_mode=padding_mode,
-                             align_corners=align_corners)
-    out = jax.vmap(read)(images, x, y)
+  out = _interpolation.read(images, x, y, method, padding_mode, align_corners, implementation)
   out = out.reshape(batch_shape + out.shape[1:])
   out_dtype = image.dtype if jnp.issubdtype(image.dtype, jnp.floating) else jnp.float32
   return out.astype(out_dtype)
 
 
-def has_cpu_kernel() -> bool:
-  """Whether stnjax's compiled CPU kernels are built: the bilinear image gradient and
-  the small convolutions of `stnjax.conv_general_dilated`.
+@functools.partial(jax.jit, static_argnames=("locator", "out_shape", "method", "padding_mode",
+                                             "align_corners", "implementation"))
+def _warp(locator, coords, image, out_shape, method, padding_mode, align_corners,
+          implementation):
+  _validation.check_image(image)
+  locator.check(coords)
+  batch_rank = image.ndim - 3
+  if coords.ndim < batch_rank + locator.rank:
+    raise ValueError(
+        f"{locator.name} must have the image's batch dims then [..., {locator.layout}]: "
+        f"image shape {tuple(image.shape)} needs {locator.name} of rank >= "
+        f"{batch_rank + locator.rank}, got shape {tuple(coords.shape)}.")
+  _validation.check_batch_prefix(image.shape, coords.shape, locator.name, locator.layout)
+  in_shape = image.shape[-3:-1]
+  x, y = locator.source_pixels(coords, in_shape, out_shape or in_shape, align_corners)
+  return _read(image, x, y, method, padding_mode, align_corners, implementation)
 
-  `pip install` compiles them when a C++ compiler is present; without them,
-  `implementation="auto"` uses XLA's scatter-add on the CPU too and
-  `conv_general_dilated` is `lax.conv_general_dilated` (same results).
+
+def warp_with(locator: Locator, coords, image, out_shape=None, *, method="bilinear",
+              padding_mode="zeros", align_corners=False, implementation="xla"):
+  """The one checked, jitted path of `sample`, `grid_sample` and `transforms.warp`."""
+  check_implementation(implementation)
+  _validation.check_options(method, padding_mode)
+  if out_shape is not None:
+    out_shape = _validation.check_size(out_shape, "out_shape")
+  return _warp(locator, coords, image, out_shape, method, padding_mode, bool(align_corners),
+               implementation)
+
+
+def check_implementation(implementation: str) -> None:
+  """Raises for an unknown implementation, or for the CPU kernel where it is not built."""
+  _validation.check_implementation(implementation)
+  if implementation == "cpu_kernel" and not _cpu_kernel.AVAILABLE:
+    raise ValueError("implementation='cpu_kernel' needs stnjax's compiled CPU kernel, which "
+                     "is not built in this install (stnjax.has_cpu_kernel() is False). "
+                     + _cpu_kernel.BUILD_HINT)
+
+
+def has_cpu_kernel() -> bool:
+  """Whether stnjax's compiled CPU kernel for the bilinear image gradient is built.
+
+  `pip install` compiles it when a C++ compiler is present. It runs only where asked
+  for, with `implementation="cpu_kernel"`.
   """
   return _cpu_kernel.AVAILABLE
 
 
-@functools.partial(jax.jit, static_argnames=("method", "padding_mode", "align_corners",
-                                             "implementation"))
-def _grid_sample(image, grid, method, padding_mode, align_corners, implementation):
-  _validation.check_image(image)
-  _validation.check_grid(grid)
-  if grid.ndim < image.ndim:
-    raise ValueError(
-        f"grid must have the image's batch dims then [..., Ho, Wo, 2]: image shape "
-        f"{tuple(image.shape)} needs a grid of rank >= {image.ndim}, got shape {tuple(grid.shape)}.")
-  _validation.check_batch_prefix(image.shape, grid.shape, "grid", "Ho, Wo, 2")
-  height, width = image.shape[-3:-1]
-  grid = grid.astype(jnp.float32)
-  x = grid_lib.unnormalize(grid[..., 0], width, align_corners)
-  y = grid_lib.unnormalize(grid[..., 1], height, align_corners)
-  return sample_pixels(image, x, y, method, padding_mode, align_corners, implementation)
-
-
 def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
                 padding_mode: str = "zeros", align_corners: bool = False,
-                implementation: str = "auto") -> jax.Array:
+                implementation: str = "xla") -> jax.Array:
   """Reads `image` at the normalized positions in `grid`.
 
   Equals `torch.nn.functional.grid_sample(input, grid, mode, padding_mode,
@@ -213,39 +138,24 @@ def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
       (coefficient -0.75; may overshoot the input's range).
     padding_mode: `"zeros"`, `"border"` or `"reflection"`.
     align_corners: see `stnjax.grid`.
-    implementation: how the bilinear image gradient is computed. `"auto"`: on the CPU
-      with stnjax's compiled kernel when it is built (`stnjax.has_cpu_kernel()`;
-      deterministic, multithreaded over the batch, but not differentiable again, so
-      use `"xla"` for second derivatives with respect to the image or coordinates),
-      elsewhere with XLA's scatter-add. `"xla"`: XLA's scatter-add everywhere. The
-      forward pass and the other methods are the same either way.
+    implementation: how the bilinear image gradient is computed. `"xla"` (default):
+      XLA's scatter-add, on every platform. `"cpu_kernel"`: stnjax's compiled CPU
+      kernel (deterministic, multithreaded over the batch; `stnjax.has_cpu_kernel()`
+      says whether it is built, and a `ValueError` says how to build it where it is
+      not); XLA's scatter-add on other platforms. Values, every derivative and every
+      transformation are the same either way; the forward pass and the other methods
+      do not depend on it.
 
   Returns:
     `[*batch, ..., Ho, Wo, C]` in the image's dtype (float32 for integer images).
   """
-  _validation.check_options(method, padding_mode, implementation)
-  return _grid_sample(image, grid, method, padding_mode, bool(align_corners), implementation)
-
-
-@functools.partial(jax.jit, static_argnames=("out_shape", "method", "padding_mode",
-                                             "align_corners", "implementation"))
-def _sample(theta, image, out_shape, method, padding_mode, align_corners, implementation):
-  _validation.check_image(image)
-  _validation.check_theta(theta)
-  if theta.ndim < image.ndim - 1:
-    raise ValueError(
-        f"theta must have the image's batch dims then [..., 2, 3] or [..., 3, 3]: image shape "
-        f"{tuple(image.shape)} needs theta of rank >= {image.ndim - 1}, "
-        f"got shape {tuple(theta.shape)}.")
-  _validation.check_batch_prefix(image.shape, theta.shape, "theta", "2 or 3, 3")
-  in_shape = image.shape[-3:-1]
-  x, y = grid_lib.source_pixels(theta, in_shape, out_shape or in_shape, align_corners)
-  return sample_pixels(image, x, y, method, padding_mode, align_corners, implementation)
+  return warp_with(GRID, grid, image, method=method, padding_mode=padding_mode,
+                   align_corners=align_corners, implementation=implementation)
 
 
 def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = "bilinear",
            padding_mode: str = "zeros", align_corners: bool = False,
-           implementation: str = "auto") -> jax.Array:
+           implementation: str = "xla") -> jax.Array:
   """Warps `image` with theta: the fused `grid_sample(image, affine_grid(theta, ...))`.
 
   Works on separable row and column terms, so no batch of base grids is built, and
@@ -269,8 +179,5 @@ def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = 
   >>> bool((sample(jnp.eye(2, 3), image) == image).all())
   True
   """
-  _validation.check_options(method, padding_mode, implementation)
-  if out_shape is not None:
-    out_shape = _validation.check_size(out_shape, "out_shape")
-  return _sample(theta, image, out_shape, method, padding_mode, bool(align_corners),
-                 implementation)
+  return warp_with(THETA, theta, image, out_shape, method=method, padding_mode=padding_mode,
+                   align_corners=align_corners, implementation=implementation)

@@ -257,34 +257,37 @@ def get(name: str, **options) -> Transform:
   return _FAMILIES[name](**options)
 
 
-@functools.partial(jax.jit, static_argnames=("transform", "out_shape", "method",
-                                             "padding_mode", "align_corners"))
-def _warp(transform, params, image, out_shape, method, padding_mode, align_corners):
-  _validation.check_image(image)
-  _check_params(params, transform.name, transform.num_params)
-  _validation.check_batch_prefix(image.shape, params.shape, "params",
-                                 str(transform.num_params))
-  in_shape = image.shape[-3:-1]
-  x, y = transform.source_pixels(params, in_shape, out_shape or in_shape, align_corners)
-  return sampling.sample_pixels(image, x, y, method, padding_mode, align_corners)
+@functools.lru_cache(maxsize=None)
+def _locator(transform: Transform) -> sampling.Locator:
+  """The pipeline's view of a family: its params locate the pixels each output reads."""
+  return sampling.Locator(
+      f"{transform.name} params", str(transform.num_params), 1,
+      functools.partial(_check_params, transform_name=transform.name,
+                        num_params=transform.num_params),
+      transform.source_pixels)
 
 
 def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=None, *,
-         method: str = "bilinear", padding_mode: str = "zeros",
-         align_corners: bool = False) -> jax.Array:
+         method: str = "bilinear", padding_mode: str = "zeros", align_corners: bool = False,
+         implementation: str = "xla") -> jax.Array:
   """Samples `image` with the transform given by `params`.
+
+  The same checked, jitted pipeline as `stnjax.sample` and `stnjax.grid_sample`.
 
   Args:
     transform: a `Transform`, e.g. `get("tps")`.
     params: `[*batch, ..., num_params]`; starts with the image's batch dims, extra
       dims are glimpses, as theta in `stnjax.sample`.
     image: `[*batch, H, W, C]`.
-    out_shape, method, padding_mode, align_corners: as in `stnjax.sample`.
+    out_shape, method, padding_mode, align_corners, implementation: as in
+      `stnjax.sample`.
 
   Returns:
     `[*batch, ..., Ho, Wo, C]`; identity params return the image exactly.
   """
-  _validation.check_options(method, padding_mode)
-  if out_shape is not None:
-    out_shape = _validation.check_size(out_shape, "out_shape")
-  return _warp(transform, params, image, out_shape, method, padding_mode, bool(align_corners))
+  if not isinstance(transform, Transform):
+    raise TypeError(f"transform must be a stnjax.transforms.Transform (e.g. "
+                    f"transforms.get('affine')), got {type(transform).__name__}.")
+  return sampling.warp_with(_locator(transform), params, image, out_shape, method=method,
+                            padding_mode=padding_mode, align_corners=align_corners,
+                            implementation=implementation)

@@ -43,7 +43,9 @@ def test_quick_run_writes_table_and_json(tmp_path, capsys):
   stnjax_rows = [r for r in records if r["peer"] == "stnjax"]
   assert len(stnjax_rows) == 2 * len(sampler.MODES)
   assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in stnjax_rows)
-  assert sum(r["peer"] == "stnjax_xla" and r["status"] == "ok" for r in records) == 6
+  kernel_rows = [r for r in records if r["peer"] == "stnjax_cpu_kernel"]
+  expected_status = "ok" if stnjax.has_cpu_kernel() else "skipped"
+  assert len(kernel_rows) == 6 and all(r["status"] == expected_status for r in kernel_rows)
   # dm-pix cannot resize: it is reported as skipped, never as failed.
   assert all(r["status"] == "skipped" for r in records
              if r["peer"] == "dm_pix" and r["shape"].endswith("3x4"))
@@ -68,16 +70,10 @@ def test_training_benchmark_runs_the_tutorial_model(capsys, tmp_path):
   params = model.init(jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32), train=False)
   # The PyTorch tutorial's network has 27,360 parameters at 28x28.
   assert sum(p.size for p in jax.tree.leaves(params)) == 27360
-  # With stnjax's convolution and pool the classifier computes what Flax's layers do.
-  images = np.random.default_rng(0).uniform(size=(4, 28, 28, 1)).astype(np.float32)
-  flax_model = training.FlaxTutorialNet(stnjax_layers=False)
-  np.testing.assert_allclose(model.apply(params, images, train=False),
-                             flax_model.apply(params, images, train=False), atol=1e-5)
   page = tmp_path / "results.md"
   page.write_text("# Results\n<!-- training_speed:begin -->\nold\n<!-- training_speed:end -->\n")
   records = training.main(["--repeats", "1", "--results_md", str(page)], cases=((28, 8),))
-  assert records[0]["stnjax_images_per_s"] > 0 and records[0]["flax_layers_images_per_s"] > 0
-  header = ("| batch shape | torch images/s | stnjax images/s | ratio | flax_layers images/s "
-            "| ratio |")
+  assert records[0]["stnjax_images_per_s"] > 0
+  header = "| batch shape | torch images/s | stnjax images/s | ratio |"
   assert header in capsys.readouterr().out
   assert header in page.read_text() and "old" not in page.read_text()

@@ -78,37 +78,49 @@ def test_gradient_wrt_translation_is_nonzero_at_identity():
 
 
 class VariantsTest(parameterized.TestCase):
-  """Each public function under jit and without it gives the same values and gradients."""
+  """Each public function, jitted and not, against PyTorch's stored values and gradients."""
+
+  def reference(self, method, padding_mode):
+    from conftest import REFERENCE_CASES
+    case = REFERENCE_CASES[f"affine_13x17_to_9x11_{method}_{padding_mode}_unaligned"]
+    return {k: jnp.asarray(v) for k, v in case.items() if k not in ("options", "out_shape")}
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.parameters(*itertools.product(METHODS, PADDING_MODES))
   def test_sample(self, method, padding_mode):
-    image = random_image((2, 5, 7, 3))
-    theta = batched_theta([[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], 2)
-    fn = self.variant(functools.partial(stnjax.sample, out_shape=(6, 4), method=method,
-                                        padding_mode=padding_mode))
-    reference = stnjax.sample(theta, image, (6, 4), method=method, padding_mode=padding_mode)
-    np.testing.assert_allclose(fn(theta, image), reference, atol=1e-6)
-    grads = self.variant(jax.grad(lambda t, i: stnjax.sample(
-        t, i, (6, 4), method=method, padding_mode=padding_mode).sum(), argnums=(0, 1)))
-    grad_theta, grad_image = grads(theta, image)
-    assert grad_theta.shape == theta.shape and grad_image.shape == image.shape
+    case = self.reference(method, padding_mode)
+    warp = self.variant(functools.partial(stnjax.sample, out_shape=(9, 11), method=method,
+                                          padding_mode=padding_mode))
+    out, vjp = jax.vjp(warp, case["theta"], case["image"])
+    grad_theta, grad_image = vjp(case["cotangent"])
+    for actual, expected in ((out, "out"), (grad_theta, "grad_theta"),
+                             (grad_image, "grad_image")):
+      np.testing.assert_allclose(actual, case[expected], rtol=2e-5, atol=5e-5, err_msg=expected)
 
   @chex.variants(with_jit=True, without_jit=True)
-  def test_grid_sample_and_affine_grid(self):
-    image = random_image((2, 5, 7, 3))
-    theta = batched_theta([[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], 2)
-    grid = self.variant(functools.partial(stnjax.affine_grid, out_shape=(6, 4)))(theta)
-    out = self.variant(stnjax.grid_sample)(image, grid)
-    np.testing.assert_allclose(out, stnjax.sample(theta, image, (6, 4)), atol=1e-5)
+  @parameterized.parameters(*METHODS)
+  def test_grid_sample_and_affine_grid(self, method):
+    case = self.reference(method, "zeros")
+    grid = self.variant(functools.partial(stnjax.affine_grid, out_shape=(9, 11)))(case["theta"])
+    np.testing.assert_allclose(grid, case["grid_from_theta"], atol=1e-6)
+    read = self.variant(functools.partial(stnjax.grid_sample, method=method))
+    out, vjp = jax.vjp(read, case["image"], case["grid"])
+    grad_image, grad_grid = vjp(case["cotangent"])
+    np.testing.assert_allclose(out, case["out_grid"], rtol=2e-5, atol=5e-5)
+    np.testing.assert_allclose(grad_image, case["grad_image_grid"], rtol=2e-5, atol=5e-5)
+    np.testing.assert_allclose(grad_grid, case["grad_grid"], rtol=2e-5, atol=5e-4)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_pixel_helpers(self):
-    theta = batched_theta([[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], 2)
+    # A quarter turn of the normalized square: on a square 7x7 image, the same turn
+    # about the centre pixel, output (x, y) reading input (6 - y, x).
+    theta = batched_theta([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]], 2)
     to_pixels = self.variant(functools.partial(stnjax.pixel_matrix_from_theta,
-                                               in_shape=(5, 7)))
+                                               in_shape=(7, 7), inverse_map=True))
+    np.testing.assert_allclose(to_pixels(theta)[0], [[0.0, -1.0, 6.0], [1.0, 0.0, 0.0]],
+                               atol=1e-5)
     to_theta = self.variant(functools.partial(stnjax.theta_from_pixel_matrix,
-                                              in_shape=(5, 7)))
+                                              in_shape=(7, 7), inverse_map=True))
     np.testing.assert_allclose(to_theta(to_pixels(theta)), theta, atol=1e-5)
 
 
@@ -170,15 +182,20 @@ def test_second_call_with_same_shapes_does_not_recompile():
   image = random_image((2, 5, 7, 3))
   theta = batched_theta(jnp.eye(2, 3), 2)
   stnjax.sample(theta, image, (4, 4), method="bicubic")
-  compiled = sampling._sample._cache_size()
+  compiled = sampling._warp._cache_size()
   stnjax.sample(theta + 0.1, image * 2, (4, 4), method="bicubic")
   stnjax.sample(theta, image, [4, 4], method="bicubic")  # A list names the same shape.
-  assert sampling._sample._cache_size() == compiled
+  assert sampling._warp._cache_size() == compiled
   grid = stnjax.affine_grid(theta, (4, 4))
   stnjax.grid_sample(image, grid)
-  compiled = sampling._grid_sample._cache_size()
+  compiled = sampling._warp._cache_size()
   stnjax.grid_sample(image + 1, grid * 0.5)
-  assert sampling._grid_sample._cache_size() == compiled
+  assert sampling._warp._cache_size() == compiled
+  family = stnjax.transforms.get("similarity")
+  stnjax.transforms.warp(family, jnp.zeros((2, 4)), image)
+  compiled = sampling._warp._cache_size()
+  stnjax.transforms.warp(family, jnp.ones((2, 4)), image + 1)
+  assert sampling._warp._cache_size() == compiled
 
 
 def intermediate_shapes(jaxpr):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import stnjax
+from stnjax import sampling
 from stnjax import transforms
 
 
@@ -112,9 +113,9 @@ def test_transforms_are_hashable_and_cached():
   image = random_image((5, 7, 1))
   family = transforms.get("similarity")
   transforms.warp(family, jnp.zeros(4), image)
-  compiled = transforms._warp._cache_size()
+  compiled = sampling._warp._cache_size()
   transforms.warp(transforms.get("similarity"), jnp.ones(4), image)
-  assert transforms._warp._cache_size() == compiled
+  assert sampling._warp._cache_size() == compiled
 
 
 @pytest.mark.parametrize("call,error,message", [
