@@ -3,6 +3,7 @@
 import pathlib
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -15,7 +16,18 @@ def test_demo_writes_a_png(tmp_path, monkeypatch):
   monkeypatch.setattr(sys, "argv", ["warp_demo.py", "--out", str(out)])
   warp_demo.main()
   with Image.open(out) as picture:
-    assert picture.format == "PNG" and picture.width > 300 and picture.height > 300
+    assert picture.format == "PNG" and picture.mode == "RGB"
+    pixels = np.asarray(picture)
+  # Margins of 24 px around a 3x-enlarged 96x128 input and 72x72 output, in 3 rows.
+  assert pixels.shape == (24 + 3 * (3 * 96 + 24), 3 * 24 + 3 * 128 + 3 * 72, 3)
+  # Each row's right panel holds that row's warped output, each pixel as a 3x3 block.
+  image = warp_demo.jnp.asarray(warp_demo.test_picture(warp_demo.IMAGE_SHAPE))
+  for row, (_, _, output) in enumerate(warp_demo.demo_rows(image)):
+    top, left = 24 + row * (3 * 96 + 24), 2 * 24 + 3 * 128
+    expected = (np.clip(np.asarray(output), 0, 1) * 255).astype(np.uint8)
+    expected = expected.repeat(3, axis=0).repeat(3, axis=1)
+    np.testing.assert_array_equal(pixels[top:top + 3 * 72, left:left + 3 * 72], expected)
+    assert len(np.unique(expected.reshape(-1, 3), axis=0)) > 100  # Not a blank warp.
 
 
 def test_demo_refuses_other_formats(tmp_path, monkeypatch, capsys):

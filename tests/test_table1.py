@@ -26,7 +26,10 @@ def fake_finished_run(run, runs_dir, error, curve=(0.4, 0.3), budget=None):
   (workdir / "attempts.jsonl").write_text(
       json.dumps({"wall_time_s": 50.0, "returncode": -9}) + "\n"
       + json.dumps({"wall_time_s": 70.0, "returncode": 0}) + "\n")
-  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(workdir / "pictures" / "epoch_002.png")
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(workdir / "pictures" / "epoch_001.png")
+  # The last epoch's picture differs from run to run (its grey level is the error).
+  Image.fromarray(np.full((4, 4, 3), round(1000 * error) % 256, np.uint8)).save(
+      workdir / "pictures" / "epoch_002.png")
 
 
 def test_grid_runs_every_cell_with_three_seeds_on_r_and_rts():
@@ -61,8 +64,14 @@ def test_report_tables_spread_pictures_and_wall_times(tmp_path):
   page = results_md.read_text()
   assert page.startswith("# Results\n\nintro\n") and page.endswith("\n## Training speed\n")
   assert "old" not in page and page.count("<!-- table1:begin -->") == 1
-  assert (results_md.parent / "results" / "fashion_mnist_curves.png").stat().st_size > 0
-  assert (results_md.parent / "results" / "fashion_mnist_rts_affine.png").exists()
+  with Image.open(results_md.parent / "results" / "fashion_mnist_curves.png") as curves:
+    assert curves.format == "PNG" and curves.size == (1100, 396)  # 2 panels of 5 x 3.6 in, 110 dpi.
+  # Each distortion's picture is the last epoch's of its ST-CNN affine seed 0 run.
+  for distortion in ("r", "rts"):
+    run = table1.Run("fashion_mnist", distortion, "affine", 0)
+    copied = results_md.parent / "results" / f"fashion_mnist_{distortion}_affine.png"
+    last_epoch = run.workdir(runs_dir) / "pictures" / "epoch_002.png"
+    assert copied.read_bytes() == last_epoch.read_bytes()
   assert "](results/fashion_mnist_r_affine.png)" in page
   table1.write_report(runs, runs_dir, results_md, results_md.parent / "results")
   assert results_md.read_text() == page  # Regenerating changes nothing.
@@ -138,7 +147,8 @@ def test_long_budget_has_its_own_runs_section_and_pictures(tmp_path, capsys):
   page = results_md.read_text()
   assert "standard" in page and "<!-- table1_long:begin -->" in page
   assert "max_train_examples 55000" in page and "| R | ST-CNN affine |" in page
-  assert (tmp_path / "results" / "fashion_mnist_curves_long.png").exists()
+  with Image.open(tmp_path / "results" / "fashion_mnist_curves_long.png") as curves:
+    assert curves.size == (550, 396)  # One panel (R), 5 x 3.6 in at 110 dpi.
   code = table1.main(["--budget", "long", "--only", "r", "--models", "affine,none",
                       "--datasets", "fashion_mnist", "--dry_run"])
   printed = capsys.readouterr().out
