@@ -101,8 +101,7 @@ _REFERENCES = {
 def _image_gradient_on_cpu(cotangent, x, y, *, height, width, implementation):
   del implementation
   gradient = functools.partial(_corners.image_gradient, height=height, width=width)
-  grad = _corners.in_two_chunks(gradient, cotangent, x, y)
-  return grad.reshape((x.shape[0], height, width, cotangent.shape[-1]))
+  return _corners.in_two_chunks(gradient, cotangent, x, y)
 
 
 def _image_gradient_cpu_lowering(ctx, cotangent, x, y, *, height, width, implementation):

@@ -11,6 +11,10 @@ in PyTorch.
 import jax
 import jax.numpy as jnp
 
+# Up to this many channels, XLA:CPU gets per-channel sums and products written out
+# (see _channel_sum); above it, reductions and broadcasts.
+UNROLLED_CHANNELS = 16
+
 
 def index_and_mask(coord, size):
   """Integer index (always inside the axis) and in-bounds mask of integral float coordinates."""
@@ -100,9 +104,9 @@ def coordinate_tangent(tangent_x, tangent_y, images, x, y):
 
 
 def _channel_sum(values, unrolled):
-  """Sum over the last axis; with `unrolled`, as written-out adds (XLA:CPU reduces a
-  short axis of gathered values several times slower than elementwise adds)."""
-  if not unrolled:
+  """Sum over the last axis; with `unrolled` and few channels, as written-out adds
+  (XLA:CPU reduces a short axis of gathered values several times slower)."""
+  if not unrolled or values.shape[-1] > UNROLLED_CHANNELS:
     return values.sum(-1)
   return sum(values[..., c] for c in range(values.shape[-1]))
 

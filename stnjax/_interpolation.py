@@ -76,7 +76,7 @@ def _times_channels(weight, values):
   def per_channel(weight, values):
     return jnp.stack([weight * values[..., c] for c in range(values.shape[-1])], axis=-1)
 
-  if values.shape[-1] > 16:
+  if values.shape[-1] > _corners.UNROLLED_CHANNELS:
     return broadcast(weight, values)
   return jax.lax.platform_dependent(weight, values, cpu=per_channel, default=broadcast)
 

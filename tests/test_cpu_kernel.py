@@ -21,8 +21,12 @@ import jax.numpy as jnp
 import stnjax
 from stnjax import _cpu_kernel
 
-needs_kernel = pytest.mark.skipif(not stnjax.has_cpu_kernel(),
-                                  reason="stnjax's CPU kernel is not built (no C++ compiler)")
+# The kernel runs on the CPU backend; on a GPU or TPU host the programs these tests
+# inspect are lowered for that backend instead.
+needs_kernel = pytest.mark.skipif(
+    not stnjax.has_cpu_kernel() or jax.default_backend() != "cpu",
+    reason="stnjax's CPU kernel is not built (no C++ compiler), or the default backend "
+           "is not the CPU")
 
 
 def gradients(theta, image, cotangent, implementation, **options):
@@ -198,7 +202,8 @@ print("same gradients")
 
 @needs_kernel
 def test_kernel_with_a_batch_sharded_over_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, "-c", SHARDED_PROGRAM], env=env, capture_output=True,
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]

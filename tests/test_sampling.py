@@ -315,3 +315,16 @@ BAD_INPUTS = [
 def test_bad_input_messages(function, args, kwargs, error, message):
   with pytest.raises(error, match=message):
     function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "bicubic"])
+def test_many_channels_give_the_gradients_of_each_channel(method):
+  # Above 16 channels the CPU path reduces over channels instead of writing sums out.
+  image = random_image((2, 5, 7, 20), seed=4)
+  theta = batched_theta([[0.9, 0.2, 0.1], [-0.1, 1.1, -0.2]], 2)
+  loss = lambda theta, image: jnp.sum(stnjax.sample(theta, image, (4, 6), method=method) ** 2)
+  grad_theta, grad_image = jax.grad(loss, argnums=(0, 1))(theta, image)
+  per_channel = [jax.grad(loss, argnums=(0, 1))(theta, image[..., c:c + 1]) for c in range(20)]
+  np.testing.assert_allclose(grad_theta, sum(g for g, _ in per_channel), rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(grad_image, jnp.concatenate([g for _, g in per_channel], -1),
+                             rtol=1e-5, atol=1e-6)
