@@ -74,6 +74,24 @@ def dm_pix_sample(theta, image, out_shape):
   return jax.vmap(one)(image, pull)
 
 
+def random_volume_theta(batch, seed=0):
+  """3-D thetas `[batch, 3, 4]`: a rotation about each axis, scales and shifts around
+  the identity."""
+  rng = np.random.default_rng(seed)
+  theta = np.zeros((batch, 3, 4))
+  for b in range(batch):
+    linear = np.eye(3) * rng.uniform(0.8, 1.2)
+    for axis in range(3):
+      angle = rng.uniform(-0.3, 0.3)
+      i, j = [a for a in range(3) if a != axis]
+      rotation = np.eye(3)
+      rotation[[i, i, j, j], [i, j, i, j]] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
+      linear = rotation @ linear
+    theta[b, :, :3] = linear
+    theta[b, :, 3] = rng.uniform(-0.2, 0.2, 3)
+  return theta.astype(np.float32)
+
+
 def random_theta(batch, seed=0):
   """Rotations, scales and shifts around the identity, as an STN meets them in training."""
   rng = np.random.default_rng(seed)

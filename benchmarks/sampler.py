@@ -2,7 +2,11 @@
 
     python benchmarks/sampler.py                  # full run, table on stdout
     python benchmarks/sampler.py --quick          # fewer repeats
+    python benchmarks/sampler.py --dims 3         # the volume cases only
     python benchmarks/sampler.py --json out.json --plot out.png
+
+Cases: batches of images, and of volumes (the last two: `[B, D, H, W, C]`, trilinear,
+against PyTorch's 5-D grid_sample; the 2-D-only peers skip them).
 
 Peers: PyTorch affine_grid + grid_sample (NCHW, same data; when torch is installed),
 stnjax with its defaults (XLA code only), stnjax with implementation="cpu_kernel"
@@ -31,6 +35,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,17 +51,24 @@ MODES = ("forward", "grad_theta", "grad_theta_image")
 
 @dataclasses.dataclass(frozen=True)
 class Case:
+  """A batch of images `[batch, height, width, channels]`, or of volumes with a depth."""
   batch: int
   height: int
   width: int
   channels: int
   out_shape: tuple
+  depth: Optional[int] = None
+
+  @property
+  def spatial(self):
+    return (self.height, self.width) if self.depth is None else (
+        self.depth, self.height, self.width)
 
   @property
   def label(self):
-    text = f"[{self.batch}, {self.height}, {self.width}, {self.channels}]"
-    if self.out_shape != (self.height, self.width):
-      text += f" -> {self.out_shape[0]}x{self.out_shape[1]}"
+    text = "[" + ", ".join(map(str, (self.batch,) + self.spatial + (self.channels,))) + "]"
+    if self.out_shape != self.spatial:
+      text += " -> " + "x".join(map(str, self.out_shape))
     return text
 
 
@@ -66,15 +78,20 @@ CASES = (
     Case(64, 64, 64, 3, (64, 64)),
     Case(16, 224, 224, 3, (224, 224)),
     Case(256, 60, 60, 1, (30, 30)),
+    Case(8, 64, 64, 1, (64, 64, 64), depth=64),
+    Case(2, 128, 128, 1, (128, 128, 128), depth=128),
 )
+# The peers that sample volumes (PyTorch's 5-D grid_sample); the others are 2-D only.
+VOLUME_PEERS = ("torch", "stnjax")
 
 
 def make_inputs(case, seed=0):
   rng = np.random.default_rng(seed)
-  image = rng.uniform(0, 1, (case.batch, case.height, case.width, case.channels))
+  image = rng.uniform(0, 1, (case.batch,) + case.spatial + (case.channels,))
   cotangent = rng.normal(size=(case.batch,) + case.out_shape + (case.channels,))
-  return (image.astype(np.float32), baselines.random_theta(case.batch, seed),
-          cotangent.astype(np.float32))
+  theta = (baselines.random_theta if case.depth is None else baselines.random_volume_theta)(
+      case.batch, seed)
+  return image.astype(np.float32), theta, cotangent.astype(np.float32)
 
 
 def jax_runner(warp, case, mode, inputs):
@@ -99,9 +116,10 @@ def torch_runner(case, mode, inputs):
 
   device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
   image, theta, cotangent = inputs
-  image = torch.tensor(image, device=device).permute(0, 3, 1, 2).contiguous()
+  channels_first = (0, image.ndim - 1) + tuple(range(1, image.ndim - 1))
+  image = torch.tensor(image, device=device).permute(channels_first).contiguous()
   theta = torch.tensor(theta, device=device)
-  cotangent = torch.tensor(cotangent, device=device).permute(0, 3, 1, 2).contiguous()
+  cotangent = torch.tensor(cotangent, device=device).permute(channels_first).contiguous()
   size = (case.batch, case.channels) + case.out_shape
   synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -208,6 +226,9 @@ def run(cases, modes, warmup, repeats, only=None):
         if factory is None:
           cell[name].update(status="skipped", reason=reason)
           continue
+        if case.depth is not None and name not in VOLUME_PEERS:
+          cell[name].update(status="skipped", reason="samples 2-D images only")
+          continue
         try:
           runner = factory(case, mode, inputs)
           runner()  # Compiles; raises here for a case the peer cannot do.
@@ -301,6 +322,8 @@ def parse_args(argv=None):
   parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
   parser.add_argument("--peers", nargs="+", default=None,
                       help="only these peers (torch always runs for the ratio)")
+  parser.add_argument("--dims", type=int, choices=(2, 3), default=None,
+                      help="only the image (2) or the volume (3) cases")
   parser.add_argument("--json", type=pathlib.Path, help="write the records as JSON here")
   parser.add_argument("--plot", type=pathlib.Path, help="write a bar chart (PNG) here")
   args = parser.parse_args(argv)
@@ -317,6 +340,8 @@ def parse_args(argv=None):
 
 def main(argv=None, cases=CASES):
   args = parse_args(argv)
+  if args.dims is not None:
+    cases = [case for case in cases if len(case.spatial) == args.dims]
   env, records = run(cases, args.modes, args.warmup, args.repeats, only=args.peers)
   print(table(env, records))
   if args.json:

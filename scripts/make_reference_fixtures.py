@@ -1,5 +1,7 @@
 """Writes tests/fixtures/torch_reference.npz: PyTorch's affine_grid/grid_sample outputs.
 
+Images (4-D NCHW in PyTorch, NHWC in stnjax) and volumes (5-D NCDHW, NDHWC).
+
 The test suite compares stnjax against these stored outputs and never imports torch.
 Regenerate after changing the cases below (needs `pip install torch==2.13.0`):
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 METHODS = ("bilinear", "nearest", "bicubic")
+VOLUME_METHODS = ("bilinear", "nearest")  # PyTorch has no 5-D bicubic.
 PADDING_MODES = ("zeros", "border", "reflection")
 # (kind, input (H, W), output (Ho, Wo)): non-square everywhere, outputs of other sizes.
 SHAPES = (
@@ -30,8 +33,38 @@ SHAPES = (
     ("affine", (1, 6), (2, 5)),
     ("projective", (13, 17), (11, 9)),
 )
+# (kind, input (D, H, W), output (Do, Ho, Wo)): no two sides equal.
+VOLUME_SHAPES = (
+    ("affine", (4, 5, 6), (4, 5, 6)),
+    ("affine", (5, 6, 7), (3, 4, 5)),
+    ("affine", (3, 4, 5), (5, 3, 6)),
+    ("affine", (1, 4, 5), (2, 3, 4)),
+    ("projective", (5, 6, 7), (4, 5, 3)),
+)
 BATCH, CHANNELS = 2, 3
 TIE_MARGIN = 1e-4
+
+
+def random_volume_theta(rng, kind):
+  """A rotation about each axis, scales, shears and shifts; projective adds a last row."""
+  theta = np.zeros((BATCH, 4, 4))
+  for b in range(BATCH):
+    linear = np.eye(3)
+    for axis in range(3):
+      angle = rng.uniform(-0.5, 0.5)
+      cos, sin = np.cos(angle), np.sin(angle)
+      i, j = [a for a in range(3) if a != axis]
+      rotation = np.eye(3)
+      rotation[[i, i, j, j], [i, j, i, j]] = cos, -sin, sin, cos
+      linear = rotation @ linear
+    linear = linear @ np.diag(rng.uniform(0.7, 1.4, 3)) + rng.uniform(-0.15, 0.15, (3, 3))
+    theta[b, :3, :3] = linear
+    theta[b, :3, 3] = rng.uniform(-0.4, 0.4, 3)
+    theta[b, 3, 3] = 1
+  if kind == "affine":
+    return theta[:, :3].astype(np.float32)
+  theta[:, 3, :3] = rng.uniform(-0.25, 0.25, (BATCH, 3))
+  return theta.astype(np.float32)
 
 
 def random_theta(rng, kind):
@@ -51,20 +84,22 @@ def random_theta(rng, kind):
 
 
 def torch_grid(theta, out_shape, align_corners):
-  """Normalized grid [N, Ho, Wo, 2] for a [N, 2, 3] or (with perspective divide) [N, 3, 3] theta."""
+  """Normalized grid [N, (Do,) Ho, Wo, dims] for a [N, dims, dims + 1] or (with
+  perspective divide) [N, dims + 1, dims + 1] theta."""
+  dims = len(out_shape)
   size = (theta.shape[0], CHANNELS) + tuple(out_shape)
-  if theta.shape[-2] == 2:
+  if theta.shape[-2] == dims:
     return F.affine_grid(theta, size, align_corners=align_corners)
-  identity = torch.eye(2, 3, dtype=theta.dtype).expand(theta.shape[0], 2, 3)
+  identity = torch.eye(dims, dims + 1, dtype=theta.dtype).expand(theta.shape[0], dims, dims + 1)
   base = F.affine_grid(identity, size, align_corners=align_corners)
   homogeneous = torch.cat([base, torch.ones_like(base[..., :1])], dim=-1)
-  mapped = homogeneous @ theta.transpose(1, 2)[:, None]
-  return mapped[..., :2] / mapped[..., 2:]
+  mapped = homogeneous @ theta.transpose(1, 2).reshape((theta.shape[0],) + (1,) * (dims - 1)
+                                                       + (dims + 1, dims + 1))
+  return mapped[..., :dims] / mapped[..., dims:]
 
 
 def unnormalized(grid, in_shape, align_corners):
-  height, width = in_shape
-  sizes = np.array([width, height], np.float64)
+  sizes = np.array(in_shape[::-1], np.float64)
   if align_corners:
     return (grid + 1) / 2 * (sizes - 1)
   return ((grid + 1) * sizes - 1) / 2
@@ -75,15 +110,18 @@ def near_tie(grid, in_shape, align_corners):
   close = np.abs(doubled - np.round(doubled)) < 2 * TIE_MARGIN
   if align_corners:
     # A size-1 axis maps every coordinate to exactly 0: no rounding can move it.
-    close &= np.array([in_shape[1], in_shape[0]]) > 1
+    close &= np.array(in_shape[::-1]) > 1
   return bool(close.any())
 
 
 def reference(image, theta, grid32, cotangent, method, padding_mode, align_corners, out_shape):
   """Forward and gradients, in float64, for the theta path and the grid path."""
-  nchw = torch.tensor(image, dtype=torch.float64).permute(0, 3, 1, 2).requires_grad_()
+  dims = len(out_shape)
+  channels_first = (0, dims + 1) + tuple(range(1, dims + 1))
+  channels_last = (0,) + tuple(range(2, dims + 2)) + (1,)
+  nchw = torch.tensor(image, dtype=torch.float64).permute(channels_first).requires_grad_()
   theta64 = torch.tensor(theta, dtype=torch.float64, requires_grad=True)
-  cotangent64 = torch.tensor(cotangent, dtype=torch.float64).permute(0, 3, 1, 2)
+  cotangent64 = torch.tensor(cotangent, dtype=torch.float64).permute(channels_first)
   options = dict(mode=method, padding_mode=padding_mode, align_corners=align_corners)
 
   out = F.grid_sample(nchw, torch_grid(theta64, out_shape, align_corners), **options)
@@ -95,7 +133,7 @@ def reference(image, theta, grid32, cotangent, method, padding_mode, align_corne
   grad_image_grid, grad_grid = torch.autograd.grad(
       (out_grid * cotangent64).sum(), (nchw_for_grid, grid64))
 
-  to_nhwc = lambda t: t.detach().permute(0, 2, 3, 1).numpy()
+  to_nhwc = lambda t: t.detach().permute(channels_last).numpy()
   return {
       "out": to_nhwc(out),
       "grad_image": to_nhwc(grad_image),
@@ -109,14 +147,16 @@ def reference(image, theta, grid32, cotangent, method, padding_mode, align_corne
 def make_cases(seed):
   rng = np.random.default_rng(seed)
   arrays = {}
-  for (kind, in_shape, out_shape), method, padding_mode, align_corners in itertools.product(
-      SHAPES, METHODS, PADDING_MODES, (False, True)):
-    name = (f"{kind}_{in_shape[0]}x{in_shape[1]}_to_{out_shape[0]}x{out_shape[1]}_"
+  # Images first, then volumes, from one generator: adding volumes kept the image cases.
+  for (kind, in_shape, out_shape), method, padding_mode, align_corners in itertools.chain(
+      itertools.product(SHAPES, METHODS, PADDING_MODES, (False, True)),
+      itertools.product(VOLUME_SHAPES, VOLUME_METHODS, PADDING_MODES, (False, True))):
+    name = (f"{kind}_{'x'.join(map(str, in_shape))}_to_{'x'.join(map(str, out_shape))}_"
             f"{method}_{padding_mode}_{'aligned' if align_corners else 'unaligned'}")
     image = rng.uniform(-1, 1, (BATCH,) + in_shape + (CHANNELS,)).astype(np.float32)
     cotangent = rng.normal(size=(BATCH,) + out_shape + (CHANNELS,)).astype(np.float32)
     for _ in range(1000):
-      theta = random_theta(rng, kind)
+      theta = (random_theta if len(in_shape) == 2 else random_volume_theta)(rng, kind)
       with torch.no_grad():
         grid64 = torch_grid(torch.tensor(theta, dtype=torch.float64), out_shape,
                             align_corners).numpy()

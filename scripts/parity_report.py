@@ -2,8 +2,8 @@
 
     python scripts/parity_report.py
 
-One row per method, over every padding mode, align_corners value and shape in
-tests/fixtures/torch_reference.npz (see scripts/make_reference_fixtures.py).
+One row per method (images, then volumes), over every padding mode, align_corners
+value and shape in tests/fixtures/torch_reference.npz (see scripts/make_reference_fixtures.py).
 """
 
 import collections
@@ -35,7 +35,9 @@ def errors(case):
   _, grad_grid = vjp(cotangent)
   actual = dict(out=out, grad_image=grad_image, grad_theta=grad_theta, out_grid=out_grid,
                 grad_grid=grad_grid)
-  return method, (
+  row = method if len(out_shape) == 2 else (
+      "trilinear" if method == "bilinear" else method) + " (volumes)"
+  return row, (
       {k: float(np.abs(np.asarray(actual[k]) - case[k]).max()) for k in COLUMNS},
       {k: float(np.abs(case[k]).max()) for k in COLUMNS})
 
@@ -45,17 +47,16 @@ def main():
   largest = dict.fromkeys(COLUMNS, 0.0)
   with jax.disable_jit():
     for case in REFERENCE_CASES.values():
-      method, (case_errors, magnitudes) = errors(case)
+      row, (case_errors, magnitudes) = errors(case)
       for key in COLUMNS:
-        worst[method][key] = max(worst[method][key], case_errors[key])
+        worst[row][key] = max(worst[method][key], case_errors[key])
         largest[key] = max(largest[key], magnitudes[key])
   print(f"max abs difference vs PyTorch over {len(REFERENCE_CASES)} cases "
         "(values in [-1, 1]; sample = affine_grid + grid_sample fused)")
   print("| method | sample | d/image | d/theta | grid_sample | d/grid |")
   print("|---|---|---|---|---|---|")
-  for method in ("bilinear", "nearest", "bicubic"):
-    row = worst[method]
-    print(f"| {method} | " + " | ".join(f"{row[k]:.1e}" for k in COLUMNS) + " |")
+  for name, row in worst.items():
+    print(f"| {name} | " + " | ".join(f"{row[k]:.1e}" for k in COLUMNS) + " |")
   print("| largest reference value | " + " | ".join(f"{largest[k]:.1e}" for k in COLUMNS) + " |")
 
 

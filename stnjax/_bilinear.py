@@ -2,13 +2,13 @@
 
 Four primitives, in two pairs that are each other's transposes:
 
-  * `read_p(images, x, y)`: the bilinear read, linear in the images, and
-    `image_gradient_p(cotangent, x, y)`, its transpose in the images;
-  * `coordinate_tangent_p(tangent_x, tangent_y, images, x, y)`: the read's change
-    along tangents of the coordinates (its JVP in x and y), linear in the tangents, and
-    `coordinate_cotangent_p(cotangent, images, x, y)`, its transpose: the gradient
-    with respect to x and y, recomputed from the image in the backward pass rather
-    than stored.
+  * `read_p(images, *coords)`: the bilinear (trilinear) read, linear in the images,
+    and `image_gradient_p(cotangent, *coords)`, its transpose in the images;
+  * `coordinate_tangent_p(*tangents, images, *coords)`: the read's change along
+    tangents of the coordinates (its JVP in them), linear in the tangents, and
+    `coordinate_cotangent_p(cotangent, images, *coords)`, its transpose: the gradient
+    with respect to the coordinates, recomputed from the image in the backward pass
+    rather than stored.
 
 `read_p`'s JVP is `read_p` of the image's tangent plus `coordinate_tangent_p`, linear
 in the tangents, so JAX transposes it for reverse mode. The other three differentiate
@@ -16,10 +16,11 @@ in their nonlinear arguments by plain autodiff of the reference code in `_corner
 derivatives of every order and mode hold. Batching folds the mapped axis into the
 image batch. Each lowers to the reference code; on the CPU the backward pieces run
 over two halves of the batch (`_corners.in_two_chunks`) with written-out channel sums,
-and the image gradient runs in the compiled kernel for `implementation="cpu_kernel"`.
+and the 2-D image gradient runs in the compiled kernel for `implementation="cpu_kernel"`.
 
-Shapes: images float32 `[B, H, W, C]`; x, y and their tangents float32 `[B, N]`
-(padding applied); reads and their cotangents float32 `[B, N, C]`.
+Shapes: images float32 `[B, *spatial, C]` with spatial `(H, W)` or `(D, H, W)`;
+coords `(x, y)` or `(x, y, z)` and their tangents float32 `[B, N]` (padding applied);
+reads and their cotangents float32 `[B, N, C]`.
 """
 
 import functools
@@ -42,13 +43,18 @@ coordinate_cotangent_p = Primitive("stnjax_bilinear_coordinate_cotangent")
 coordinate_cotangent_p.multiple_results = True
 
 
-def read(images, x, y, implementation):
-  return read_p.bind(images, x, y, implementation=implementation)
+def read(images, coords, implementation):
+  return read_p.bind(images, *coords, implementation=implementation)
 
 
-def image_gradient(cotangent, x, y, height, width, implementation):
-  return image_gradient_p.bind(cotangent, x, y, height=height, width=width,
+def image_gradient(cotangent, coords, spatial, implementation):
+  return image_gradient_p.bind(cotangent, *coords, spatial=tuple(spatial),
                                implementation=implementation)
+
+
+def _dims(args):
+  """The number of coordinates of `coordinate_tangent_p`'s `(*tangents, images, *coords)`."""
+  return (len(args) - 1) // 2
 
 
 # Shapes.
@@ -59,14 +65,14 @@ def _points_aval(x, channels=None):
   return x.update(shape=shape, dtype=jnp.float32)
 
 
-read_p.def_abstract_eval(lambda images, x, y, **_: _points_aval(x, images.shape[-1]))
+read_p.def_abstract_eval(lambda images, x, *_, **__: _points_aval(x, images.shape[-1]))
 image_gradient_p.def_abstract_eval(
-    lambda cotangent, x, y, *, height, width, **_: cotangent.update(
-        shape=(x.shape[0], height, width, cotangent.shape[-1]), dtype=jnp.float32))
+    lambda cotangent, x, *_, spatial, **__: cotangent.update(
+        shape=(x.shape[0],) + spatial + (cotangent.shape[-1],), dtype=jnp.float32))
 coordinate_tangent_p.def_abstract_eval(
-    lambda tangent_x, tangent_y, images, x, y: _points_aval(x, images.shape[-1]))
+    lambda *args: _points_aval(args[_dims(args) + 1], args[_dims(args)].shape[-1]))
 coordinate_cotangent_p.def_abstract_eval(
-    lambda cotangent, images, x, y: [_points_aval(x), _points_aval(x)])
+    lambda cotangent, images, *coords: [_points_aval(c) for c in coords])
 
 _PRIMITIVES = (read_p, image_gradient_p, coordinate_tangent_p, coordinate_cotangent_p)
 for _primitive in _PRIMITIVES:
@@ -77,14 +83,14 @@ for _primitive in _PRIMITIVES:
 # The reference code for each primitive (plain JAX, differentiable in every argument).
 
 
-def _read_reference(images, x, y, implementation):
+def _read_reference(images, *coords, implementation):
   del implementation
-  return _corners.read(images, x, y)
+  return _corners.read(images, *coords)
 
 
-def _image_gradient_reference(cotangent, x, y, *, height, width, implementation):
+def _image_gradient_reference(cotangent, *coords, spatial, implementation):
   del implementation
-  return _corners.image_gradient(cotangent, x, y, height, width)
+  return _corners.image_gradient(cotangent, *coords, spatial=spatial)
 
 
 _REFERENCES = {
@@ -98,25 +104,29 @@ _REFERENCES = {
 # Lowering: the reference code; on the CPU in two chunks, or the compiled kernel.
 
 
-def _image_gradient_on_cpu(cotangent, x, y, *, height, width, implementation):
+def _image_gradient_on_cpu(cotangent, *coords, spatial, implementation):
   del implementation
-  gradient = functools.partial(_corners.image_gradient, height=height, width=width)
-  return _corners.in_two_chunks(gradient, cotangent, x, y)
+  if len(coords) == 3:
+    gradient = functools.partial(_corners.image_gradient_in_blocks, spatial=spatial)
+    return _corners.in_two_halves(gradient, cotangent, *coords)
+  gradient = functools.partial(_corners.image_gradient, spatial=spatial)
+  return _corners.in_two_chunks(gradient, cotangent, *coords)
 
 
-def _image_gradient_cpu_lowering(ctx, cotangent, x, y, *, height, width, implementation):
-  if implementation == "cpu_kernel":
+def _image_gradient_cpu_lowering(ctx, cotangent, *coords, spatial, implementation):
+  if implementation == "cpu_kernel" and len(coords) == 2:
     # The kernel takes (x, y, cotangent); ffi_lowering reads the operands' types from ctx.
     kernel_ctx = ctx.replace(avals_in=(ctx.avals_in[1], ctx.avals_in[2], ctx.avals_in[0]))
-    return jax.ffi.ffi_lowering(_cpu_kernel.TARGET)(kernel_ctx, x, y, cotangent)
+    return jax.ffi.ffi_lowering(_cpu_kernel.TARGET)(kernel_ctx, *coords, cotangent)
   return mlir.lower_fun(functools.partial(
-      _image_gradient_on_cpu, height=height, width=width, implementation=implementation),
-                        multiple_results=False)(ctx, cotangent, x, y)
+      _image_gradient_on_cpu, spatial=spatial, implementation=implementation),
+                        multiple_results=False)(ctx, cotangent, *coords)
 
 
-def _coordinate_cotangent_on_cpu(cotangent, images, x, y):
+def _coordinate_cotangent_on_cpu(cotangent, images, *coords):
   return list(_corners.in_two_chunks(
-      functools.partial(_corners.coordinate_cotangent, unrolled=True), cotangent, images, x, y))
+      functools.partial(_corners.coordinate_cotangent, unrolled=True), cotangent, images,
+      *coords))
 
 
 for _primitive in _PRIMITIVES:
@@ -130,9 +140,11 @@ mlir.register_lowering(coordinate_cotangent_p, mlir.lower_fun(
     _coordinate_cotangent_on_cpu, multiple_results=True), platform="cpu")
 
 
-# Derivatives. Each primitive is linear in its first `_LINEAR[p]` arguments.
+# Derivatives. Each primitive is linear in its first `_linear(p, args)` arguments.
 
-_LINEAR = {read_p: 1, image_gradient_p: 1, coordinate_tangent_p: 2, coordinate_cotangent_p: 1}
+
+def _linear(primitive, args):
+  return _dims(args) if primitive is coordinate_tangent_p else 1
 
 
 def _is_zero(tangent):
@@ -144,23 +156,22 @@ def _sum_terms(terms):
 
 
 def _read_jvp(primals, tangents, *, implementation):
-  images, x, y = primals
-  tangent_images, tangent_x, tangent_y = tangents
+  images, coords = primals[0], primals[1:]
+  tangent_images, tangent_coords = tangents[0], tangents[1:]
   terms = []
-  if not (_is_zero(tangent_x) and _is_zero(tangent_y)):
-    terms.append(coordinate_tangent_p.bind(ad.instantiate_zeros(tangent_x),
-                                           ad.instantiate_zeros(tangent_y), images, x, y))
+  if not all(_is_zero(t) for t in tangent_coords):
+    terms.append(coordinate_tangent_p.bind(
+        *(ad.instantiate_zeros(t) for t in tangent_coords), images, *coords))
   if not _is_zero(tangent_images):
-    terms.append(read(tangent_images, x, y, implementation))
-  return read(images, x, y, implementation), _sum_terms(terms)
+    terms.append(read(tangent_images, coords, implementation))
+  return read(images, coords, implementation), _sum_terms(terms)
 
 
 def _linear_jvp(primitive):
   """JVP of a primitive linear in its first arguments: itself for their tangents, plain
   autodiff of the reference code for the others'."""
-  linear = _LINEAR[primitive]
-
   def jvp(primals, tangents, **params):
+    linear = _linear(primitive, primals)
     out = primitive.bind(*primals, **params)
     fixed, varying = primals[:linear], primals[linear:]
     terms = []
@@ -178,9 +189,8 @@ def _linear_jvp(primitive):
 
 def _transpose_rule(primitive, transposed, transposed_params):
   """Transpose of `primitive` in its linear arguments: `transposed` of the cotangent(s)."""
-  linear = _LINEAR[primitive]
-
   def transpose(cotangent, *args, **params):
+    linear = _linear(primitive, args)
     linear_args, others = args[:linear], args[linear:]
     if any(ad.is_undefined_primal(a) for a in others):
       raise ValueError(f"{primitive.name} is linear in its first {linear} argument(s) only; "
@@ -200,8 +210,7 @@ for _primitive in (image_gradient_p, coordinate_tangent_p, coordinate_cotangent_
   ad.primitive_jvps[_primitive] = _linear_jvp(_primitive)
 ad.primitive_transposes[read_p] = _transpose_rule(
     read_p, image_gradient_p,
-    lambda args, params: dict(height=args[0].aval.shape[1], width=args[0].aval.shape[2],
-                              **params))
+    lambda args, params: dict(spatial=tuple(args[0].aval.shape[1:-1]), **params))
 ad.primitive_transposes[image_gradient_p] = _transpose_rule(
     image_gradient_p, read_p, lambda args, params: dict(implementation=params["implementation"]))
 ad.primitive_transposes[coordinate_tangent_p] = _transpose_rule(

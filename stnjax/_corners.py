@@ -1,12 +1,18 @@
-"""Bilinear sampling in plain JAX: the reference math behind the primitives of `_bilinear`.
+"""Bilinear and trilinear sampling in plain JAX: the reference math behind `_bilinear`.
 
-Images `[B, H, W, C]` are flattened to rows `[B * H * W, C]` and read at pixel
-coordinates x, y `[B, ...]` (padding already applied), the batch folded into the row
-indices, so that one gather per corner serves every image. Corners are taken in the
-order top-left, top-right, bottom-left, bottom-right; the sampler reads `floor` and
-`floor + 1`, never `ceil`, so the gradient at whole-pixel positions is one-sided, as
-in PyTorch.
+Images `[B, *spatial, C]` (spatial `(H, W)` or `(D, H, W)`) are flattened to rows
+`[B * prod(spatial), C]` and read at pixel coordinates `coords`, a tuple `(x, y)` or
+`(x, y, z)` of `[B, ...]` arrays (padding already applied; x runs along the last
+spatial axis), the batch folded into the row indices, so that one gather per corner
+serves every image. Corners are taken with x varying fastest (top-left, top-right,
+bottom-left, bottom-right in 2-D); the sampler reads `floor` and `floor + 1`, never
+`ceil`, so the gradient at whole-pixel positions is one-sided, as in PyTorch.
 """
+
+import functools
+import itertools
+import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -24,43 +30,76 @@ def index_and_mask(coord, size):
   return index, inside
 
 
-def corners(x, y, height, width):
-  """The 4 corners of points x, y `[B, ...]` in images `[B, H, W]` flattened to rows.
+def _offsets(dims):
+  """Each corner's (x, y[, z]) offsets in {0, 1}, x varying fastest."""
+  return [offset[::-1] for offset in itertools.product((0, 1), repeat=dims)]
+
+
+def corners(coords, spatial):
+  """The corners of points `coords` `[B, ...]` in images `[B, *spatial]` flattened to rows.
 
   Returns:
-    `(corners, right, bottom)`: corners is a list of `(row_index, inside)` (indices
-    always valid, `inside` False where the corner is off the image or the point is
-    NaN); right and bottom are the fractional parts of x and y.
+    `(corners, fractions)`: corners is a list of `(row_index, inside)` (indices always
+    valid, `inside` False where the corner is off the image or the point is NaN);
+    fractions are the fractional parts of the coordinates, in the order of `coords`.
   """
-  x_left, y_top = jnp.floor(x), jnp.floor(y)
-  image_start = (jnp.arange(x.shape[0], dtype=jnp.int32) * (height * width)).reshape(
-      (-1,) + (1,) * (x.ndim - 1))
+  floors = [jnp.floor(c) for c in coords]
+  batch = coords[0].shape[0]
+  image_start = (jnp.arange(batch, dtype=jnp.int32) * math.prod(spatial)).reshape(
+      (-1,) + (1,) * (coords[0].ndim - 1))
+  sizes = spatial[::-1]  # Along x, y, z.
+  strides = [math.prod(sizes[:axis]) for axis in range(len(sizes))]
+  axis_corners = [[index_and_mask(floor + offset, size) for offset in (0, 1)]
+                  for floor, size in zip(floors, sizes)]
   found = []
-  for row_coord in (y_top, y_top + 1):
-    row, row_inside = index_and_mask(row_coord, height)
-    for col_coord in (x_left, x_left + 1):
-      col, col_inside = index_and_mask(col_coord, width)
-      found.append((image_start + row * width + col, row_inside & col_inside))
-  return found, x - x_left, y - y_top
+  for offset in _offsets(len(coords)):
+    picked = [axis_corners[axis][o] for axis, o in enumerate(offset)]
+    index, inside = image_start, None
+    # Summed from the slowest axis down: in 2-D, start + row * width + col.
+    for axis in reversed(range(len(coords))):
+      axis_index, axis_inside = picked[axis]
+      index = index + (axis_index * strides[axis] if strides[axis] != 1 else axis_index)
+      inside = axis_inside if inside is None else inside & axis_inside
+    found.append((index, inside))
+  return found, [c - f for c, f in zip(coords, floors)]
 
 
-def weights(right, bottom):
-  """Each corner's bilinear weight."""
-  return ((1 - right) * (1 - bottom), right * (1 - bottom), (1 - right) * bottom,
-          right * bottom)
+def _factor(fraction, offset):
+  return fraction if offset else 1 - fraction
 
 
-def slopes(right, bottom):
-  """d(weight)/dx and d(weight)/dy of each corner."""
-  return ((bottom - 1, 1 - bottom, -bottom, bottom),
-          (right - 1, -right, 1 - right, right))
+def _product(values):
+  return functools.reduce(operator.mul, values)
+
+
+def _total(values):
+  return functools.reduce(operator.add, values)
+
+
+def weights(fractions):
+  """Each corner's weight: the product of its axes' linear weights, x first."""
+  return [_product([_factor(f, o) for f, o in zip(fractions, offset)])
+          for offset in _offsets(len(fractions))]
+
+
+def slopes(fractions):
+  """For each axis, d(weight)/d(coordinate) of each corner."""
+  per_axis = []
+  for axis in range(len(fractions)):
+    axis_slopes = []
+    for offset in _offsets(len(fractions)):
+      others = [_factor(f, o) for a, (f, o) in enumerate(zip(fractions, offset)) if a != axis]
+      product = _product(others)
+      axis_slopes.append(product if offset[axis] else -product)
+    per_axis.append(axis_slopes)
+  return per_axis
 
 
 def gather(rows, found, corner_weights):
   """Sum over corners of weight * row (zero off the image): float32 `[..., C]`.
 
-  One expression for all four reads, so that XLA fuses the gathers and the index
-  arithmetic into one loop. Linear in rows; JAX transposes it to four scatter-adds.
+  One expression for all reads, so that XLA fuses the gathers and the index
+  arithmetic into one loop. Linear in rows; JAX transposes it to scatter-adds.
   """
   out = 0.0
   for (index, inside), weight in zip(found, corner_weights):
@@ -69,37 +108,84 @@ def gather(rows, found, corner_weights):
 
 
 def _rows(images):
-  batch, height, width, channels = images.shape
-  return images.astype(jnp.float32).reshape(batch * height * width, channels)
+  return images.astype(jnp.float32).reshape(-1, images.shape[-1])
 
 
-def read(images, x, y):
-  """images `[B, H, W, C]` read at x, y `[B, ...]`: float32 `[B, ..., C]`."""
-  found, right, bottom = corners(x, y, *images.shape[1:3])
-  return gather(_rows(images), found, weights(right, bottom))
+def read(images, *coords):
+  """images `[B, *spatial, C]` read at coords `[B, ...]`: float32 `[B, ..., C]`."""
+  found, fractions = corners(coords, images.shape[1:-1])
+  return gather(_rows(images), found, weights(fractions))
 
 
-def image_gradient(cotangent, x, y, height, width):
-  """The transpose of `read` in the images: float32 `[B, H, W, C]` from the cotangent
-  `[B, ..., C]` of the reads at x, y `[B, ...]` (XLA's scatter-add)."""
-  batch, channels = x.shape[0], cotangent.shape[-1]
-  found, right, bottom = corners(x, y, height, width)
-  grad = jnp.zeros((batch * height * width, channels), jnp.float32)
-  for (index, inside), weight in zip(found, weights(right, bottom)):
+def image_gradient(cotangent, *coords, spatial):
+  """The transpose of `read` in the images: float32 `[B, *spatial, C]` from the
+  cotangent `[B, ..., C]` of the reads at coords `[B, ...]` (XLA's scatter-add)."""
+  batch, channels = coords[0].shape[0], cotangent.shape[-1]
+  found, fractions = corners(coords, spatial)
+  grad = jnp.zeros((batch * math.prod(spatial), channels), jnp.float32)
+  for (index, inside), weight in zip(found, weights(fractions)):
     grad = grad.at[index].add(jnp.where(inside, weight, 0.0)[..., None] * cotangent,
                               mode="promise_in_bounds")
-  return grad.reshape(batch, height, width, channels)
+  return grad.reshape((batch,) + tuple(spatial) + (channels,))
 
 
-def coordinate_tangent(tangent_x, tangent_y, images, x, y):
-  """The change of `read(images, x, y)` along tangents of x and y `[B, ...]`: `[B, ..., C]`.
+def image_gradient_in_blocks(cotangent, *coords, spatial):
+  """`image_gradient` as one scatter-add of each point's 2x2(x2) block of corners.
+
+  For XLA:CPU, whose scatter pays per update: one windowed update per point instead of
+  one per corner. The gradient is built with a one-pixel margin on every side, so
+  that every block of a point within a pixel of the image fits; a block wholly off
+  the image adds zeros at the margin's corner. The margin is then cut off.
+  """
+  dims = len(coords)
+  batch, channels = coords[0].shape[0], cotangent.shape[-1]
+  floors = [jnp.floor(c) for c in coords]
+  sizes = spatial[::-1]
+  fits = functools.reduce(operator.and_, [(f >= -1) & (f <= n - 1) for f, n in zip(floors, sizes)])
+  starts = [jnp.where(fits, f + 1, 0.0).astype(jnp.int32) for f in floors]
+  image = jnp.broadcast_to(jnp.arange(batch, dtype=jnp.int32).reshape(
+      (-1,) + (1,) * (coords[0].ndim - 1)), coords[0].shape)
+  indices = jnp.stack([image] + starts[::-1], axis=-1).reshape(-1, dims + 1)
+  # Block weights, flat [..., 2 ** dims], the slowest axis (z, then y) first.
+  block = None
+  for coord, floor in zip(coords, floors):
+    fraction = coord - floor
+    axis_weights = jnp.stack([1 - fraction, fraction], axis=-1)
+    block = axis_weights if block is None else (
+        axis_weights[..., :, None] * block[..., None, :]).reshape(block.shape[:-1] + (-1,))
+  block = jnp.where(fits[..., None], block, 0.0)
+  updates = (block[..., None] * cotangent[..., None, :]).reshape((-1,) + (2,) * dims + (channels,))
+  grad = jnp.zeros((batch,) + tuple(n + 2 for n in spatial) + (channels,), jnp.float32)
+  numbers = jax.lax.ScatterDimensionNumbers(
+      update_window_dims=tuple(range(1, dims + 2)), inserted_window_dims=(0,),
+      scatter_dims_to_operand_dims=tuple(range(dims + 1)))
+  grad = jax.lax.scatter_add(grad, indices, updates, numbers,
+                             mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+  return grad[(slice(None),) + (slice(1, -1),) * dims]
+
+
+def in_two_halves(function, *arrays):
+  """`function(*arrays)` on each half of the batch (axis 0), as two independent ops that
+  XLA:CPU can run at the same time; one call for an odd batch."""
+  if arrays[0].shape[0] % 2:
+    return function(*arrays)
+  half = arrays[0].shape[0] // 2
+  first = function(*(a[:half] for a in arrays))
+  second = function(*(a[half:] for a in arrays))
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, second)
+
+
+def coordinate_tangent(*args):
+  """`coordinate_tangent(*tangents, images, *coords)`: the change of
+  `read(images, *coords)` along tangents of the coordinates `[B, ...]`: `[B, ..., C]`.
 
   Each corner is read once, times its weight's change along the tangent.
   """
-  found, right, bottom = corners(x, y, *images.shape[1:3])
-  x_slopes, y_slopes = slopes(right, bottom)
-  changes = [tangent_x * x_slope + tangent_y * y_slope
-             for x_slope, y_slope in zip(x_slopes, y_slopes)]
+  dims = (len(args) - 1) // 2
+  tangents, images, coords = args[:dims], args[dims], args[dims + 1:]
+  found, fractions = corners(coords, images.shape[1:-1])
+  changes = [_total([t * s for t, s in zip(tangents, corner_slopes)])
+             for corner_slopes in zip(*slopes(fractions))]
   return gather(_rows(images), found, changes)
 
 
@@ -111,17 +197,17 @@ def _channel_sum(values, unrolled):
   return sum(values[..., c] for c in range(values.shape[-1]))
 
 
-def coordinate_cotangent(cotangent, images, x, y, unrolled=False):
-  """The transpose of `coordinate_tangent` in its tangents: the cotangents of x and y,
-  each `[B, ...]`, from the cotangent `[B, ..., C]` of the reads."""
-  found, right, bottom = corners(x, y, *images.shape[1:3])
+def coordinate_cotangent(cotangent, images, *coords, unrolled=False):
+  """The transpose of `coordinate_tangent` in its tangents: the cotangents of the
+  coordinates, each `[B, ...]`, from the cotangent `[B, ..., C]` of the reads."""
+  found, fractions = corners(coords, images.shape[1:-1])
   rows = _rows(images)
   # Each corner's read meets the cotangent once (a gather with one consumer fuses into
-  # it); the weights' slopes then combine the four products.
+  # it); the weights' slopes then combine the products.
   products = [jnp.where(inside, _channel_sum(cotangent * rows[index], unrolled), 0.0)
               for index, inside in found]
-  return tuple(sum(slope * product for slope, product in zip(corner_slopes, products))
-               for corner_slopes in slopes(right, bottom))
+  return tuple(sum(slope * product for slope, product in zip(axis_slopes, products))
+               for axis_slopes in slopes(fractions))
 
 
 def in_two_chunks(function, *arrays):

@@ -27,12 +27,16 @@ class TransformOutput(NamedTuple):
 
 
 def resolve_transform(transform: Union[str, transforms.Transform]) -> transforms.Transform:
-  if isinstance(transform, transforms.Transform):
-    return transform
   if isinstance(transform, str):
-    return transforms.get(transform)
-  raise TypeError(f"transform must be a family name {transforms.names()} or a "
-                  f"stnjax.transforms.Transform, got {type(transform).__name__}.")
+    transform = transforms.get(transform)
+  if not isinstance(transform, transforms.Transform):
+    raise TypeError(f"transform must be a family name {transforms.names(dims=2)} or a "
+                    f"stnjax.transforms.Transform, got {type(transform).__name__}.")
+  if transform.dims != 2:
+    raise ValueError(f"SpatialTransformer warps 2-D images; {transform.name!r} transforms "
+                     f"volumes. For volumes, regress its params with your own network and "
+                     f"call stnjax.transforms.warp.")
+  return transform
 
 
 def check_options(num_heads, heads, method, padding_mode, implementation):

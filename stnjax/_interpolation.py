@@ -1,13 +1,16 @@
 """Reading images at fractional pixel positions: padding and the three methods.
 
-Images are `[B, H, W, C]` and points x, y `[B, ...]` in pixel coordinates (the centre
-of pixel `(row, col)` is `(x, y) = (col, row)`), with PyTorch's `grid_sample`
-semantics for every padding mode and method. Nearest and bicubic are plain JAX,
-differentiated by autodiff; bilinear, the hot path, runs through the primitives of
-`stnjax._bilinear`.
+Images are `[B, *spatial, C]` (spatial `(H, W)` or `(D, H, W)`) and points
+`(x, y[, z])` `[B, ...]` in pixel coordinates (the centre of pixel `(row, col)` is
+`(x, y) = (col, row)`), with PyTorch's `grid_sample` semantics for every padding mode
+and method (bicubic in 2-D only, as in PyTorch). Nearest and bicubic are plain JAX,
+differentiated by autodiff; bilinear (trilinear in 3-D), the hot path, runs through the
+primitives of `stnjax._bilinear`.
 """
 
 import functools
+import math
+import operator
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,8 @@ from stnjax import _corners
 
 # PyTorch's bicubic convolution coefficient (Keys' kernel with a = -0.75).
 _CUBIC_A = -0.75
+_CUBIC_OFFSETS = (-1, 0, 1, 2)
+_LINEAR_NAMES = {2: "bilinear", 3: "trilinear"}
 
 
 def _clip_to_image(coord, size):
@@ -39,7 +44,8 @@ def _reflect(coord, twice_low, twice_high):
 
 
 def apply_padding(coord, size, padding_mode, align_corners):
-  """Maps pixel coordinates into the image for border and reflection padding."""
+  """Maps pixel coordinates into the image for border and reflection padding (zeros and
+  constant padding read beyond it)."""
   if padding_mode == "border":
     return _clip_to_image(coord, size)
   if padding_mode == "reflection":
@@ -51,14 +57,15 @@ def apply_padding(coord, size, padding_mode, align_corners):
   return coord
 
 
-def bilinear(images, x, y, implementation):
-  """images `[B, H, W, C]` read at x, y `[B, ...]` (padding applied): float32 `[B, ..., C]`."""
-  batch, height, width, channels = images.shape
-  if batch * height * width >= 2**31:
-    raise ValueError(f"bilinear sampling indexes pixels with int32: {batch} images of "
-                     f"{height}x{width} exceed 2**31 pixels; split the batch.")
-  points = x.shape[1:]
-  out = _bilinear.read(images.astype(jnp.float32), x.reshape(batch, -1), y.reshape(batch, -1),
+def bilinear(images, coords, implementation):
+  """images `[B, *spatial, C]` read at coords `[B, ...]` (padding applied): float32 `[B, ..., C]`."""
+  batch, spatial, channels = images.shape[0], images.shape[1:-1], images.shape[-1]
+  if batch * math.prod(spatial) >= 2**31:
+    raise ValueError(f"{_LINEAR_NAMES[len(spatial)]} sampling indexes pixels with int32: "
+                     f"{batch} images of {'x'.join(map(str, spatial))} exceed 2**31 pixels; "
+                     "split the batch.")
+  points = coords[0].shape[1:]
+  out = _bilinear.read(images.astype(jnp.float32), [c.reshape(batch, -1) for c in coords],
                        implementation)
   return out.reshape((batch,) + points + (channels,))
 
@@ -82,27 +89,32 @@ def _times_channels(weight, values):
 
 
 class _Image:
-  """One image `[H, W, C]` flattened to rows of channels, for gathers at (row, col)."""
+  """One image `[*spatial, C]` flattened to rows of channels, for gathers at whole pixels."""
 
   def __init__(self, image):
-    self.height, self.width, self.channels = image.shape
+    self.spatial, self.channels = image.shape[:-1], image.shape[-1]
+    self.sizes = self.spatial[::-1]  # Along x, y, z.
     if not jnp.issubdtype(image.dtype, jnp.floating):
       image = image.astype(jnp.float32)
-    self.pixels = image.reshape(self.height * self.width, self.channels)
+    self.pixels = image.reshape(-1, self.channels)
 
-  def read(self, row, col, inside, weight=None):
-    """Pixels at integer (row, col) `[...]`, times weight, zero where not inside: `[..., C]`."""
-    values = self.pixels[row * self.width + col]
+  def read(self, indices, inside, weight=None):
+    """Pixels at integer indices `(col, row[, slice])` `[...]`, times weight, zero where not
+    inside: `[..., C]`."""
+    flat = indices[-1]
+    for index, size in zip(indices[-2::-1], self.sizes[-2::-1]):
+      flat = flat * size + index
+    values = self.pixels[flat]
     if weight is None:
       return jnp.where(inside[..., None], values, jnp.zeros((), values.dtype))
     return _times_channels(jnp.where(inside, weight, 0.0), values.astype(jnp.float32))
 
 
-def _nearest(image, x, y):
+def _nearest(image, coords):
   # jnp.round rounds half to even, as std::nearbyint in PyTorch.
-  row, row_inside = _corners.index_and_mask(jnp.round(y), image.height)
-  col, col_inside = _corners.index_and_mask(jnp.round(x), image.width)
-  return image.read(row, col, row_inside & col_inside).astype(jnp.float32)
+  found = [_corners.index_and_mask(jnp.round(c), size) for c, size in zip(coords, image.sizes)]
+  inside = functools.reduce(operator.and_, [mask for _, mask in found])
+  return image.read([index for index, _ in found], inside).astype(jnp.float32)
 
 
 def _cubic_weights(t):
@@ -116,42 +128,68 @@ def _cubic_weights(t):
   return far(t + 1), near(t), near(1 - t), far(2 - t)
 
 
-def _bicubic(image, x, y, padding_mode, align_corners):
+def _bicubic(image, coords, padding_mode, align_corners):
   # Padding applies to each tap, not to the sampling point, as in PyTorch.
+  x, y = coords
+  width, height = image.sizes
   x_floor, y_floor = jnp.floor(x), jnp.floor(y)
   # inf - inf would poison the weights of taps that border padding keeps; any finite
   # fraction is right there, as the four weights sum to one.
   col_weights = _cubic_weights(jnp.where(jnp.isfinite(x), x - x_floor, 0.0))
   row_weights = _cubic_weights(jnp.where(jnp.isfinite(y), y - y_floor, 0.0))
   cols = [_corners.index_and_mask(
-      apply_padding(x_floor + offset, image.width, padding_mode, align_corners), image.width)
-          for offset in (-1, 0, 1, 2)]
+      apply_padding(x_floor + offset, width, padding_mode, align_corners), width)
+          for offset in _CUBIC_OFFSETS]
   out = 0.0
-  for row_offset, row_weight in zip((-1, 0, 1, 2), row_weights):
+  for row_offset, row_weight in zip(_CUBIC_OFFSETS, row_weights):
     row, row_inside = _corners.index_and_mask(
-        apply_padding(y_floor + row_offset, image.height, padding_mode, align_corners),
-        image.height)
+        apply_padding(y_floor + row_offset, height, padding_mode, align_corners), height)
     for (col, col_inside), col_weight in zip(cols, col_weights):
-      out = out + image.read(row, col, row_inside & col_inside, row_weight * col_weight)
+      out = out + image.read((col, row), row_inside & col_inside, row_weight * col_weight)
   return out
 
 
-def _read_one(image, x, y, method, padding_mode, align_corners):
-  """One image `[H, W, C]` read at x, y `[...]` by nearest or bicubic: float32 `[..., C]`."""
+def _read_one(image, coords, method, padding_mode, align_corners):
+  """One image `[*spatial, C]` read at coords `[...]` by nearest or bicubic: float32 `[..., C]`."""
   image = _Image(image)
   if method == "bicubic":
-    return _bicubic(image, x, y, padding_mode, align_corners)
-  x = apply_padding(x, image.width, padding_mode, align_corners)
-  y = apply_padding(y, image.height, padding_mode, align_corners)
-  return _nearest(image, x, y)
+    return _bicubic(image, coords, padding_mode, align_corners)
+  coords = [apply_padding(c, size, padding_mode, align_corners)
+            for c, size in zip(coords, image.sizes)]
+  return _nearest(image, coords)
 
 
-def read(images, x, y, method, padding_mode, align_corners, implementation):
-  """images `[B, H, W, C]` read at pixel coordinates x, y `[B, ...]`: float32 `[B, ..., C]`."""
+def outside_weight(coords, sizes, method):
+  """How much of each read falls beyond the image: the total weight of the taps off it.
+
+  Exactly 0 where every tap is inside (so reads there do not change), 1 for NaN.
+  sizes: the image's sizes along x, y[, z].
+  """
+  if method == "nearest":
+    inside = [_corners.index_and_mask(jnp.round(c), size)[1] for c, size in zip(coords, sizes)]
+    return jnp.where(functools.reduce(operator.and_, inside), 0.0, 1.0)
+  coverage, all_inside = 1.0, True
+  for coord, size in zip(coords, sizes):
+    floor = jnp.floor(coord)
+    if method == "bicubic":
+      offsets = _CUBIC_OFFSETS
+      taps = _cubic_weights(jnp.where(jnp.isfinite(coord), coord - floor, 0.0))
+    else:
+      offsets, taps = (0, 1), (1 - (coord - floor), coord - floor)
+    masks = [_corners.index_and_mask(floor + offset, size)[1] for offset in offsets]
+    coverage = coverage * sum(jnp.where(mask, tap, 0.0) for mask, tap in zip(masks, taps))
+    all_inside = all_inside & functools.reduce(operator.and_, masks)
+  return jnp.where(all_inside, 0.0, 1 - coverage)
+
+
+def read(images, coords, method, padding_mode, align_corners, implementation):
+  """images `[B, *spatial, C]` read at pixel coordinates `(x, y[, z])` `[B, ...]`:
+  float32 `[B, ..., C]`. Constant padding reads zero outside; see `outside_weight`."""
+  sizes = images.shape[-2:0:-1]
   if method == "bilinear":
-    height, width = images.shape[1:3]
-    return bilinear(images, apply_padding(x, width, padding_mode, align_corners),
-                    apply_padding(y, height, padding_mode, align_corners), implementation)
+    coords = [apply_padding(c, size, padding_mode, align_corners)
+              for c, size in zip(coords, sizes)]
+    return bilinear(images, coords, implementation)
   one = functools.partial(_read_one, method=method, padding_mode=padding_mode,
                           align_corners=align_corners)
-  return jax.vmap(one)(images, x, y)
+  return jax.vmap(one)(images, coords)

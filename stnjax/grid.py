@@ -3,6 +3,7 @@
 Conventions (the same in the whole package):
   * A grid is `[..., Ho, Wo, 2]`; its last axis is `(x, y)` in normalized
     coordinates, -1 the left/top edge of the image and +1 the right/bottom edge.
+    A volume's grid is `[..., Do, Ho, Wo, 3]`, last axis `(x, y, z)`, z along depth.
   * `align_corners=False` (default): -1 and +1 are the outer edges of the corner
     pixels, so pixel `i` of a size-`n` axis has centre `(2 * i + 1) / n - 1`.
     `align_corners=True`: -1 and +1 are the centres of the corner pixels, so pixel
@@ -11,7 +12,8 @@ Conventions (the same in the whole package):
     as OpenCV, kornia and scipy.ndimage do.
   * theta maps *output* coordinates to *input* coordinates (pull sampling): a
     `[2, 3]` theta gives `(x_s, y_s) = theta @ (x_t, y_t, 1)`; a `[3, 3]` theta is a
-    homography, followed by the perspective divide.
+    homography, followed by the perspective divide. In 3-D, `[3, 4]` is affine and
+    `[4, 4]` projective.
 """
 
 import functools
@@ -47,110 +49,128 @@ def centred_pixels(size: int) -> np.ndarray:
   return np.arange(size, dtype=np.float64) - (size - 1) / 2
 
 
-def _transform_output_grid(theta, out_shape, align_corners, x_scale, y_scale):
+def _transform_output_grid(theta, out_shape, align_corners, scales):
   """theta applied to the normalized output grid, scaled, before any perspective divide.
 
-  Works on separable terms: each entry of theta multiplies a `[Wo]` or `[Ho]` vector,
-  and only the final sums are `[..., Ho, Wo]`; no batch of base grids is built.
+  Works on separable terms: each entry of theta multiplies a `[Wo]`, `[Ho]` or `[Do]`
+  vector, and only the final sums are `[..., (Do,) Ho, Wo]`; no batch of base grids
+  is built.
 
   Returns:
-    `(x, y, denominator)`: `x_scale * (theta[0] @ p)`, `y_scale * (theta[1] @ p)` and
-    `theta[2] @ p` (None for an affine theta), each float32 `[..., Ho, Wo]`.
+    `(coords, denominator)`: coords are `scales[i] * (theta[i] @ p)` for the output
+    axes x, y (and z), and denominator is the last row's `theta[-1] @ p` for a
+    projective theta (None for an affine one), each float32 `[..., *out_shape]`.
   """
-  out_height, out_width = out_shape
+  dims = len(out_shape)
   theta = theta.astype(jnp.float32)
-  out_x = centred_pixels(out_width) * units_per_pixel(out_width, align_corners)
-  out_y = centred_pixels(out_height) * units_per_pixel(out_height, align_corners)
+  axes = [centred_pixels(n) * units_per_pixel(n, align_corners) for n in out_shape[::-1]]
+
+  def along(axis, values):
+    # [..., n] -> [..., 1, .., n, .., 1], n at the place of its axis in out_shape.
+    shape = [1] * dims
+    shape[dims - 1 - axis] = values.shape[-1]
+    return values.reshape(values.shape[:-1] + tuple(shape))
 
   def row(r, scale):
     # The scale goes into the float64 constants, so that identity rows stay exact.
-    x_term = theta[..., r, 0, None] * jnp.asarray(out_x * scale, jnp.float32)
-    y_term = theta[..., r, 1, None] * jnp.asarray(out_y * scale, jnp.float32)
-    const = theta[..., r, 2, None, None] * np.float32(scale)
-    return (x_term[..., None, :] + y_term[..., :, None]) + const
+    terms = [along(a, theta[..., r, a, None] * jnp.asarray(axis * scale, jnp.float32))
+             for a, axis in enumerate(axes)]
+    const = theta[..., r, dims].reshape(theta.shape[:-2] + (1,) * dims) * np.float32(scale)
+    return functools.reduce(jnp.add, terms) + const
 
-  denominator = row(2, 1.0) if theta.shape[-2] == 3 else None
-  return row(0, x_scale), row(1, y_scale), denominator
+  denominator = row(dims, 1.0) if theta.shape[-2] == dims + 1 else None
+  return [row(a, scale) for a, scale in enumerate(scales)], denominator
 
 
-def source_pixels(theta: jax.Array, in_shape: tuple[int, int],
-                  out_shape: tuple[int, int], align_corners: bool):
+def source_pixels(theta: jax.Array, in_shape, out_shape, align_corners: bool):
   """Input pixel coordinates read by each output pixel under theta.
 
   Composes theta with the pixel <-> normalized maps of the input and output, so the
   identity theta gives exactly the output pixel's own position (no rounding).
 
   Args:
-    theta: `[..., 2, 3]` or `[..., 3, 3]`, any float dtype.
-    in_shape: `(H, W)` of the image read.
-    out_shape: `(Ho, Wo)` of the output.
+    theta: `[..., 2, 3]` or `[..., 3, 3]` (2-D), `[..., 3, 4]` or `[..., 4, 4]` (3-D),
+      any float dtype.
+    in_shape: `(H, W)` or `(D, H, W)` of the image read.
+    out_shape: `(Ho, Wo)` or `(Do, Ho, Wo)` of the output.
     align_corners: as in `affine_grid`.
 
   Returns:
-    `(x, y)`, each float32 `[..., Ho, Wo]`.
+    `(x, y)` or `(x, y, z)`, each float32 `[..., *out_shape]`.
   """
-  in_height, in_width = in_shape
-  x, y, denominator = _transform_output_grid(
-      theta, out_shape, align_corners,
-      pixels_per_unit(in_width, align_corners), pixels_per_unit(in_height, align_corners))
+  sizes = in_shape[::-1]
+  coords, denominator = _transform_output_grid(
+      theta, out_shape, align_corners, [pixels_per_unit(n, align_corners) for n in sizes])
   if denominator is not None:
-    x, y = x / denominator, y / denominator
-  return np.float32((in_width - 1) / 2) + x, np.float32((in_height - 1) / 2) + y
+    coords = [c / denominator for c in coords]
+  return tuple(np.float32((n - 1) / 2) + c for n, c in zip(sizes, coords))
 
 
 @functools.partial(jax.jit, static_argnames=("out_shape", "align_corners"))
 def _affine_grid(theta, out_shape, align_corners):
-  _validation.check_theta(theta)
-  x, y, denominator = _transform_output_grid(theta, out_shape, align_corners, 1.0, 1.0)
+  coords, denominator = _transform_output_grid(theta, out_shape, align_corners,
+                                               [1.0] * len(out_shape))
   if denominator is not None:
-    x, y = x / denominator, y / denominator
-  return jnp.stack([x, y], axis=-1)
+    coords = [c / denominator for c in coords]
+  return jnp.stack(coords, axis=-1)
 
 
 def affine_grid(theta: jax.Array, out_shape, *, align_corners: bool = False) -> jax.Array:
-  """Sampling grid of an affine or projective transform.
+  """Sampling grid of an affine or projective transform, in 2-D or 3-D.
 
-  Equals `torch.nn.functional.affine_grid(theta, (N, C, Ho, Wo), align_corners)` for a
-  `[N, 2, 3]` theta, with any number of leading dims; a `[..., 3, 3]` theta is a
-  homography (the grid is divided by its third row).
+  Equals `torch.nn.functional.affine_grid(theta, size, align_corners)` for a
+  `[N, 2, 3]` theta and `size` `(N, C, Ho, Wo)`, or a `[N, 3, 4]` theta and `size`
+  `(N, C, Do, Ho, Wo)`, with any number of leading dims. A `[..., 3, 3]` or
+  `[..., 4, 4]` theta is a projective transform (the grid is divided by its last row).
 
   Args:
-    theta: `[..., 2, 3]` or `[..., 3, 3]` floating array mapping output to input
-      normalized coordinates.
-    out_shape: `(Ho, Wo)` of the grid.
+    theta: `[..., 2, 3]` or `[..., 3, 3]` (2-D), `[..., 3, 4]` or `[..., 4, 4]` (3-D)
+      floating array mapping output to input normalized coordinates.
+    out_shape: `(Ho, Wo)`, or `(Do, Ho, Wo)` for a 3-D theta.
     align_corners: see the module docstring.
 
   Returns:
-    float32 grid `[..., Ho, Wo, 2]`, last axis `(x, y)`.
+    float32 grid `[..., Ho, Wo, 2]` with last axis `(x, y)`, or `[..., Do, Ho, Wo, 3]`
+    with last axis `(x, y, z)`.
 
   >>> import jax.numpy as jnp
   >>> affine_grid(jnp.eye(2, 3), (1, 2))[0, :, 0].tolist()
   [-0.5, 0.5]
+  >>> affine_grid(jnp.eye(3, 4), (2, 1, 1))[:, 0, 0, 2].tolist()
+  [-0.5, 0.5]
   """
-  out_shape = _validation.check_size(out_shape, "out_shape")
+  dims = _validation.check_theta(theta)
+  out_shape = _validation.check_size(out_shape, "out_shape", dims)
   return _affine_grid(theta, out_shape, bool(align_corners))
 
 
-def normalized_to_pixel(coords: jax.Array, shape, *, align_corners: bool = False) -> jax.Array:
-  """Normalized `(x, y)` coordinates `[..., 2]` to pixel coordinates in an image of `shape`.
-
-  `shape` is `(H, W)`. Uses PyTorch's formula, `((c + 1) * n - 1) / 2` (or
-  `(c + 1) / 2 * (n - 1)` with `align_corners=True`).
-  """
-  height, width = _validation.check_size(shape, "shape")
+def _check_coords(coords, shape):
+  sizes = _validation.check_size(shape, "shape", None)[::-1]
   coords = jnp.asarray(coords, jnp.float32)
-  x = unnormalize(coords[..., 0], width, align_corners)
-  y = unnormalize(coords[..., 1], height, align_corners)
-  return jnp.stack([x, y], axis=-1)
+  if coords.ndim < 1 or coords.shape[-1] != len(sizes):
+    raise ValueError(f"coords must be [..., {len(sizes)}] for an image of shape "
+                     f"{tuple(shape)}, got shape {tuple(coords.shape)}.")
+  return coords, sizes
+
+
+def normalized_to_pixel(coords: jax.Array, shape, *, align_corners: bool = False) -> jax.Array:
+  """Normalized coordinates `[..., 2]` `(x, y)` or `[..., 3]` `(x, y, z)` to pixel
+  coordinates in an image of `shape` `(H, W)` or `(D, H, W)`.
+
+  Uses PyTorch's formula, `((c + 1) * n - 1) / 2` (or `(c + 1) / 2 * (n - 1)` with
+  `align_corners=True`).
+  """
+  coords, sizes = _check_coords(coords, shape)
+  return jnp.stack([unnormalize(coords[..., axis], n, align_corners)
+                    for axis, n in enumerate(sizes)], axis=-1)
 
 
 def pixel_to_normalized(coords: jax.Array, shape, *, align_corners: bool = False) -> jax.Array:
-  """Pixel `(x, y)` coordinates `[..., 2]` in an image of `shape` `(H, W)` to normalized ones."""
-  height, width = _validation.check_size(shape, "shape")
-  coords = jnp.asarray(coords, jnp.float32)
-  centre = np.array([(width - 1) / 2, (height - 1) / 2], np.float32)
-  scale = np.array([units_per_pixel(width, align_corners),
-                    units_per_pixel(height, align_corners)], np.float32)
+  """Pixel coordinates `[..., 2]` or `[..., 3]` in an image of `shape` `(H, W)` or
+  `(D, H, W)` to normalized ones."""
+  coords, sizes = _check_coords(coords, shape)
+  centre = np.array([(n - 1) / 2 for n in sizes], np.float32)
+  scale = np.array([units_per_pixel(n, align_corners) for n in sizes], np.float32)
   return (coords - centre) * scale
 
 
@@ -240,7 +260,9 @@ def pixel_matrix_from_theta(theta: jax.Array, in_shape, out_shape=None, *,
   """
   in_shape = _validation.check_size(in_shape, "in_shape")
   out_shape = in_shape if out_shape is None else _validation.check_size(out_shape, "out_shape")
-  _validation.check_theta(theta)
+  if _validation.check_theta(theta) != 2:
+    raise ValueError(f"pixel_matrix_from_theta takes a 2-D theta [..., 2, 3] or [..., 3, 3], "
+                     f"got shape {tuple(theta.shape)}.")
   theta = theta.astype(jnp.float32)
   from_normalized = jnp.asarray(_pixel_from_normalized_matrix(in_shape, align_corners), jnp.float32)
   theta_pixels = from_normalized @ _to_homogeneous(theta)

@@ -1,8 +1,9 @@
 """Differentiable image sampling: `grid_sample` and the fused `sample(theta, image)`.
 
-Images are `[..., H, W, C]`, channels last; coordinates follow `stnjax.grid`. Each
-output pixel reads the input at a fractional pixel position (pull sampling), with
-PyTorch's `grid_sample` semantics for every method, padding mode and `align_corners`.
+Images are `[..., H, W, C]` and volumes `[..., D, H, W, C]`, channels last;
+coordinates follow `stnjax.grid`. Each output pixel reads the input at a fractional
+pixel position (pull sampling), with PyTorch's `grid_sample` semantics for every
+method, padding mode and `align_corners`.
 
 Coordinates are float32 whatever the image dtype. Float images keep their dtype
 (values are accumulated in float32, then cast); integer images are read as float32
@@ -10,8 +11,9 @@ and give a float32 result with the same value range.
 
 Out-of-range and non-finite coordinates never index outside the image. A position
 beyond the image reads the padding: zero (`"zeros"`), the nearest edge pixel
-(`"border"`), or the mirrored position (`"reflection"`). A NaN coordinate, hence a
-NaN theta, reads zero in every padding mode (so does an infinite one with
+(`"border"`), the mirrored position (`"reflection"`) or `fill_value` (`"constant"`).
+A NaN coordinate, hence a NaN theta, reads zero in every padding mode but
+`"constant"`, where it reads `fill_value` (so does an infinite one with
 `"reflection"`), and the forward pass stays finite; gradients at such points are not
 meaningful.
 """
@@ -36,39 +38,50 @@ class Locator(NamedTuple):
 
   Attributes:
     name: what the coordinates argument is called in error messages ("theta", ...).
-    layout: its trailing dims in words, e.g. "2 or 3, 3".
-    rank: the number of those trailing dims.
-    check: raises a clear error for a bad coordinates argument.
-    source_pixels: `(coords, in_shape, out_shape, align_corners) -> (x, y)`, float32
-      input pixel positions `[..., Ho, Wo]`.
+    check: raises a clear error for a bad coordinates argument; returns the number of
+      spatial dims it locates in, 2 or 3.
+    layout: `dims -> ` its trailing dims in words, e.g. "2 or 3, 3".
+    rank: `dims -> ` the number of those trailing dims.
+    source_pixels: `(coords, in_shape, out_shape, align_corners) -> (x, y[, z])`,
+      float32 input pixel positions `[..., *out_shape]`.
   """
   name: str
-  layout: str
-  rank: int
-  check: Callable[[jax.Array], None]
-  source_pixels: Callable[..., tuple[jax.Array, jax.Array]]
+  check: Callable[[jax.Array], int]
+  layout: Callable[[int], str]
+  rank: Callable[[int], int]
+  source_pixels: Callable[..., tuple[jax.Array, ...]]
 
 
 def _grid_source_pixels(grid, in_shape, out_shape, align_corners):
   del out_shape  # The grid's own.
-  height, width = in_shape
   grid = grid.astype(jnp.float32)
-  return (grid_lib.unnormalize(grid[..., 0], width, align_corners),
-          grid_lib.unnormalize(grid[..., 1], height, align_corners))
+  return tuple(grid_lib.unnormalize(grid[..., axis], size, align_corners)
+               for axis, size in enumerate(in_shape[::-1]))
 
 
-THETA = Locator("theta", "2 or 3, 3", 2, _validation.check_theta, grid_lib.source_pixels)
-GRID = Locator("grid", "Ho, Wo, 2", 3, _validation.check_grid, _grid_source_pixels)
+THETA = Locator(
+    name="theta", check=_validation.check_theta,
+    layout=lambda dims: "2 or 3, 3" if dims == 2 else "3 or 4, 4", rank=lambda dims: 2,
+    source_pixels=grid_lib.source_pixels)
+GRID = Locator(
+    name="grid", check=_validation.check_grid,
+    layout=lambda dims: f"{'Do, ' if dims == 3 else ''}Ho, Wo, {dims}",
+    rank=lambda dims: dims + 1, source_pixels=_grid_source_pixels)
 
 
-def _read(image, x, y, method, padding_mode, align_corners, implementation):
-  """image `[*batch, H, W, C]` read at pixel coordinates x, y `[*batch, ...]`."""
-  batch_shape = image.shape[:-3]
+def _read(image, coords, method, padding_mode, align_corners, implementation, fill_value):
+  """image `[*batch, *spatial, C]` read at pixel coordinates `(x, y[, z])` `[*batch, ...]`."""
+  dims = len(coords)
+  batch_shape = image.shape[:-dims - 1]
   batch_size = math.prod(batch_shape)
-  per_example = x.shape[len(batch_shape):]
-  images = image.reshape((batch_size,) + image.shape[-3:])
-  x, y = x.reshape((batch_size,) + per_example), y.reshape((batch_size,) + per_example)
-  out = _interpolation.read(images, x, y, method, padding_mode, align_corners, implementation)
+  per_example = coords[0].shape[len(batch_shape):]
+  images = image.reshape((batch_size,) + image.shape[-dims - 1:])
+  coords = [c.reshape((batch_size,) + per_example) for c in coords]
+  out = _interpolation.read(images, coords, method, padding_mode, align_corners,
+                            implementation)
+  if padding_mode == "constant" and fill_value is not None:
+    sizes = image.shape[-2:-dims - 2:-1]
+    out = out + fill_value * _interpolation.outside_weight(coords, sizes, method)[..., None]
   out = out.reshape(batch_shape + out.shape[1:])
   out_dtype = image.dtype if jnp.issubdtype(image.dtype, jnp.floating) else jnp.float32
   return out.astype(out_dtype)
@@ -76,31 +89,41 @@ def _read(image, x, y, method, padding_mode, align_corners, implementation):
 
 @functools.partial(jax.jit, static_argnames=("locator", "out_shape", "method", "padding_mode",
                                              "align_corners", "implementation"))
-def _warp(locator, coords, image, out_shape, method, padding_mode, align_corners,
+def _warp(locator, coords, image, fill_value, out_shape, method, padding_mode, align_corners,
           implementation):
-  _validation.check_image(image)
-  locator.check(coords)
-  batch_rank = image.ndim - 3
-  if coords.ndim < batch_rank + locator.rank:
+  dims = locator.check(coords)
+  _validation.check_image(image, dims=dims)
+  _validation.check_options_for(dims, method, implementation)
+  batch_rank = image.ndim - dims - 1
+  layout = locator.layout(dims)
+  if coords.ndim < batch_rank + locator.rank(dims):
     raise ValueError(
-        f"{locator.name} must have the image's batch dims then [..., {locator.layout}]: "
+        f"{locator.name} must have the image's batch dims then [..., {layout}]: "
         f"image shape {tuple(image.shape)} needs {locator.name} of rank >= "
-        f"{batch_rank + locator.rank}, got shape {tuple(coords.shape)}.")
-  _validation.check_batch_prefix(image.shape, coords.shape, locator.name, locator.layout)
-  in_shape = image.shape[-3:-1]
-  x, y = locator.source_pixels(coords, in_shape, out_shape or in_shape, align_corners)
-  return _read(image, x, y, method, padding_mode, align_corners, implementation)
+        f"{batch_rank + locator.rank(dims)}, got shape {tuple(coords.shape)}.")
+  _validation.check_batch_prefix(image.shape, coords.shape, locator.name, layout, dims)
+  in_shape = image.shape[-dims - 1:-1]
+  if out_shape is not None and len(out_shape) != dims:
+    _validation.check_size(out_shape, "out_shape", dims)  # Raises: names the right size.
+  if fill_value is not None:
+    fill_value = _validation.check_fill_value(fill_value, padding_mode, image.shape[-1])
+  coords = locator.source_pixels(coords, in_shape, out_shape or in_shape, align_corners)
+  return _read(image, coords, method, padding_mode, align_corners, implementation, fill_value)
 
 
 def warp_with(locator: Locator, coords, image, out_shape=None, *, method="bilinear",
-              padding_mode="zeros", align_corners=False, implementation="xla"):
-  """The one checked, jitted path of `sample`, `grid_sample` and `transforms.warp`."""
+              padding_mode="zeros", align_corners=False, implementation="xla",
+              fill_value=None):
+  """The one checked, jitted path of every warp: `sample`, `grid_sample`, `warp_flow`
+  and `transforms.warp`."""
   check_implementation(implementation)
   _validation.check_options(method, padding_mode)
   if out_shape is not None:
-    out_shape = _validation.check_size(out_shape, "out_shape")
-  return _warp(locator, coords, image, out_shape, method, padding_mode, bool(align_corners),
-               implementation)
+    out_shape = _validation.check_size(out_shape, "out_shape", None)
+  if fill_value is not None:
+    fill_value = _validation.check_fill_value(fill_value, padding_mode, None)
+  return _warp(locator, coords, image, fill_value, out_shape, method, padding_mode,
+               bool(align_corners), implementation)
 
 
 def check_implementation(implementation: str) -> None:
@@ -123,38 +146,47 @@ def has_cpu_kernel() -> bool:
 
 def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
                 padding_mode: str = "zeros", align_corners: bool = False,
-                implementation: str = "xla") -> jax.Array:
-  """Reads `image` at the normalized positions in `grid`.
+                fill_value=None, implementation: str = "xla") -> jax.Array:
+  """Reads `image` at the normalized positions in `grid`, in 2-D or 3-D.
 
   Equals `torch.nn.functional.grid_sample(input, grid, mode, padding_mode,
-  align_corners)` with `input` transposed from NCHW to NHWC.
+  align_corners)` with `input` transposed from NCHW to NHWC (NCDHW to NDHWC).
 
   Args:
-    image: `[*batch, H, W, C]`, float or integer dtype.
-    grid: `[*batch, ..., Ho, Wo, 2]` float array of `(x, y)` normalized coordinates.
-      It starts with the image's batch dims; any extra dims (several grids per
-      image) read the same image without copying it.
-    method: `"bilinear"`, `"nearest"` (ties round half to even) or `"bicubic"`
-      (coefficient -0.75; may overshoot the input's range).
-    padding_mode: `"zeros"`, `"border"` or `"reflection"`.
+    image: `[*batch, H, W, C]`, or a volume `[*batch, D, H, W, C]`; float or integer.
+    grid: `[*batch, ..., Ho, Wo, 2]` float array of `(x, y)` normalized coordinates,
+      or `[*batch, ..., Do, Ho, Wo, 3]` of `(x, y, z)` for a volume. It starts with
+      the image's batch dims; any extra dims (several grids per image) read the same
+      image without copying it.
+    method: `"bilinear"` (trilinear for volumes), `"nearest"` (ties round half to
+      even) or `"bicubic"` (2-D only; coefficient -0.75; may overshoot the input's
+      range).
+    padding_mode: what a read beyond the image sees: `"zeros"`, `"border"` (the
+      nearest edge pixel), `"reflection"` (the mirrored position), or `"constant"`
+      (`fill_value`, as if the image were extended by it).
     align_corners: see `stnjax.grid`.
+    fill_value: with `padding_mode="constant"`, a scalar or one value per channel
+      `[C]` (default 0); an array, so it can be traced and differentiated. Reads
+      wholly inside the image do not depend on it; a NaN coordinate reads it.
     implementation: how the bilinear image gradient is computed. `"xla"` (default):
       XLA's scatter-add, on every platform. `"cpu_kernel"`: stnjax's compiled CPU
-      kernel (deterministic, multithreaded over the batch; `stnjax.has_cpu_kernel()`
-      says whether it is built, and a `ValueError` says how to build it where it is
-      not); XLA's scatter-add on other platforms. Values, every derivative and every
-      transformation are the same either way; the forward pass and the other methods
-      do not depend on it.
+      kernel for 2-D images (deterministic, multithreaded over the batch;
+      `stnjax.has_cpu_kernel()` says whether it is built, and a `ValueError` says how
+      to build it where it is not); XLA's scatter-add on other platforms. Values,
+      every derivative and every transformation are the same either way; the forward
+      pass and the other methods do not depend on it.
 
   Returns:
-    `[*batch, ..., Ho, Wo, C]` in the image's dtype (float32 for integer images).
+    `[*batch, ..., Ho, Wo, C]` (or `[*batch, ..., Do, Ho, Wo, C]`) in the image's dtype
+    (float32 for integer images).
   """
   return warp_with(GRID, grid, image, method=method, padding_mode=padding_mode,
-                   align_corners=align_corners, implementation=implementation)
+                   align_corners=align_corners, implementation=implementation,
+                   fill_value=fill_value)
 
 
 def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = "bilinear",
-           padding_mode: str = "zeros", align_corners: bool = False,
+           padding_mode: str = "zeros", align_corners: bool = False, fill_value=None,
            implementation: str = "xla") -> jax.Array:
   """Warps `image` with theta: the fused `grid_sample(image, affine_grid(theta, ...))`.
 
@@ -162,22 +194,29 @@ def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = 
   an identity theta returns the input exactly.
 
   Args:
-    theta: `[*batch, ..., 2, 3]` affine or `[*batch, ..., 3, 3]` projective, any
-      float dtype, mapping output to input normalized coordinates. It starts with the
-      image's batch dims; extra dims are glimpses of the same image (not copied).
-    image: `[*batch, H, W, C]`.
-    out_shape: `(Ho, Wo)`; defaults to `(H, W)`.
-    method, padding_mode, align_corners, implementation: as in `grid_sample`.
+    theta: `[*batch, ..., 2, 3]` affine or `[*batch, ..., 3, 3]` projective (or, for a
+      volume, `[*batch, ..., 3, 4]` or `[*batch, ..., 4, 4]`), any float dtype,
+      mapping output to input normalized coordinates. It starts with the image's batch
+      dims; extra dims are glimpses of the same image (not copied).
+    image: `[*batch, H, W, C]`, or a volume `[*batch, D, H, W, C]` for a 3-D theta.
+    out_shape: `(Ho, Wo)` (or `(Do, Ho, Wo)`); defaults to the image's.
+    method, padding_mode, align_corners, fill_value, implementation: as in
+      `grid_sample`.
 
   Returns:
     `[*batch, ..., Ho, Wo, C]` in the image's dtype (float32 for integer images).
     A single image `[H, W, C]` with theta `[2, 3]` gives `[Ho, Wo, C]`; `[B, H, W, C]`
-    with `[B, 2, 3]` gives `[B, Ho, Wo, C]`; `[B, K, 2, 3]` gives `[B, K, Ho, Wo, C]`.
+    with `[B, 2, 3]` gives `[B, Ho, Wo, C]`; `[B, K, 2, 3]` gives `[B, K, Ho, Wo, C]`;
+    a volume `[B, D, H, W, C]` with `[B, 3, 4]` gives `[B, Do, Ho, Wo, C]`.
 
   >>> import jax.numpy as jnp
   >>> image = jnp.arange(6.0).reshape(2, 3, 1)
   >>> bool((sample(jnp.eye(2, 3), image) == image).all())
   True
+  >>> volume = jnp.arange(24.0).reshape(2, 3, 4, 1)
+  >>> bool((sample(jnp.eye(3, 4), volume) == volume).all())
+  True
   """
   return warp_with(THETA, theta, image, out_shape, method=method, padding_mode=padding_mode,
-                   align_corners=align_corners, implementation=implementation)
+                   align_corners=align_corners, implementation=implementation,
+                   fill_value=fill_value)

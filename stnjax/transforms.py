@@ -5,7 +5,8 @@ outputs an unconstrained vector `params [..., num_params]`; `identity_params` is
 vector whose transform does nothing (initialize the net's last bias to it);
 `theta(params)` gives the matrix for `stnjax.sample` (None for `tps`), and
 `grid(params, out_shape)` the normalized sampling grid `[..., Ho, Wo, 2]`.
-`warp(transform, params, image)` samples an image with any of them.
+`warp(transform, params, image)` samples an image with any of them. The families
+whose names end in `_3d` transform volumes `[..., D, H, W, C]` (theta `[..., 3, 4]`).
 
 >>> import jax.numpy as jnp
 >>> family = get("scale_translation")
@@ -29,13 +30,19 @@ from stnjax import sampling
 __all__ = [
     "Transform",
     "affine",
+    "affine_3d",
     "get",
     "names",
     "projective",
+    "rigid_3d",
+    "rotation_from_quaternion",
     "scale_translation",
+    "scale_translation_3d",
     "similarity",
+    "similarity_3d",
     "tps",
     "translation",
+    "translation_3d",
     "warp",
 ]
 
@@ -51,15 +58,18 @@ class Transform(NamedTuple):
     theta: `params [..., num_params] -> theta [..., 2 or 3, 3]` for matrix families,
       None for `tps`.
     grid: `(params, out_shape, *, align_corners=False) -> [..., Ho, Wo, 2]`.
-    source_pixels: `(params, in_shape, out_shape, align_corners) -> (x, y)`, the input
-      pixel read by each output pixel, each `[..., Ho, Wo]` (used by `warp`).
+    source_pixels: `(params, in_shape, out_shape, align_corners) -> (x, y[, z])`, the
+      input pixel read by each output pixel, each `[..., *out_shape]` (used by `warp`).
+    dims: the number of spatial dims it transforms: 2 for images, 3 for volumes (whose
+      theta is `[..., 3, 4]` and grid `[..., Do, Ho, Wo, 3]`).
   """
   name: str
   num_params: int
   identity_params: tuple[float, ...]
   theta: Optional[Callable[[jax.Array], jax.Array]]
   grid: Callable[..., jax.Array]
-  source_pixels: Callable[..., tuple[jax.Array, jax.Array]]
+  source_pixels: Callable[..., tuple[jax.Array, ...]]
+  dims: int = 2
 
 
 def _check_params(params, transform_name, num_params):
@@ -73,8 +83,8 @@ def _check_params(params, transform_name, num_params):
     raise TypeError(f"{transform_name} params must be floating, got {jnp.dtype(params.dtype)}.")
 
 
-def _matrix_family(name, identity_params, to_theta):
-  """A family whose params map to a `[..., 2 or 3, 3]` matrix."""
+def _matrix_family(name, identity_params, to_theta, dims=2):
+  """A family whose params map to a `[..., 2 or 3, 3]` (in 3-D `[..., 3, 4]`) matrix."""
   num_params = len(identity_params)
 
   def theta(params):
@@ -88,7 +98,7 @@ def _matrix_family(name, identity_params, to_theta):
     return grid_lib.source_pixels(theta(params), in_shape, out_shape, align_corners)
 
   return Transform(name, num_params, tuple(float(v) for v in identity_params), theta, grid,
-                   source_pixels)
+                   source_pixels, dims)
 
 
 def _rows(*rows):
@@ -141,6 +151,74 @@ def projective() -> Transform:
     full = jnp.concatenate([p, jnp.ones_like(p[..., :1])], axis=-1)
     return full.reshape(p.shape[:-1] + (3, 3))
   return _matrix_family("projective", [1, 0, 0, 0, 1, 0, 0, 0], to_theta)
+
+
+@functools.lru_cache(maxsize=None)
+def affine_3d() -> Transform:
+  """General 3-D affine: params are theta's 12 entries (`[3, 4]`), row-major."""
+  return _matrix_family("affine_3d", [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
+                        lambda p: p.reshape(p.shape[:-1] + (3, 4)), dims=3)
+
+
+def _volume_theta(linear, shift):
+  """theta `[..., 3, 4]` from a `[..., 3, 3]` linear part and a `[..., 3]` shift."""
+  return jnp.concatenate([linear, shift[..., None]], axis=-1)
+
+
+@functools.lru_cache(maxsize=None)
+def translation_3d() -> Transform:
+  """3-D translation: params `(tx, ty, tz)` in normalized units."""
+  def to_theta(p):
+    return _volume_theta(jnp.broadcast_to(jnp.eye(3, dtype=p.dtype), p.shape[:-1] + (3, 3)), p)
+  return _matrix_family("translation_3d", [0, 0, 0], to_theta, dims=3)
+
+
+@functools.lru_cache(maxsize=None)
+def scale_translation_3d() -> Transform:
+  """3-D attention crop: params `(s, tx, ty, tz)`, theta `[[s, 0, 0, tx], [0, s, 0, ty],
+  [0, 0, s, tz]]`."""
+  def to_theta(p):
+    return _volume_theta(p[..., 0, None, None] * jnp.eye(3, dtype=p.dtype), p[..., 1:])
+  return _matrix_family("scale_translation_3d", [1, 0, 0, 0], to_theta, dims=3)
+
+
+def rotation_from_quaternion(quaternion: jax.Array) -> jax.Array:
+  """The rotation matrix `[..., 3, 3]` of a quaternion `[..., 4]` `(w, x, y, z)`.
+
+  The quaternion need not be normalized (it is divided by its norm), so every nonzero
+  vector is valid and no rotation is singular: unlike Euler angles, there is no
+  gimbal lock. `(1, 0, 0, 0)` is the identity.
+  """
+  w, x, y, z = jnp.moveaxis(quaternion, -1, 0)
+  # The squared norm divides every entry: the unit quaternion's matrix, without a sqrt.
+  scale = 2 / (w * w + x * x + y * y + z * z)
+  return _rows(
+      (1 - scale * (y * y + z * z), scale * (x * y - w * z), scale * (x * z + w * y)),
+      (scale * (x * y + w * z), 1 - scale * (x * x + z * z), scale * (y * z - w * x)),
+      (scale * (x * z - w * y), scale * (y * z + w * x), 1 - scale * (x * x + y * y)))
+
+
+@functools.lru_cache(maxsize=None)
+def rigid_3d() -> Transform:
+  """3-D rotation and translation: params `(qw, qx, qy, qz, tx, ty, tz)`.
+
+  The rotation is the quaternion's (see `rotation_from_quaternion`: any nonzero vector,
+  no gimbal lock); the translation is in normalized units.
+  """
+  def to_theta(p):
+    return _volume_theta(rotation_from_quaternion(p[..., :4]), p[..., 4:])
+  return _matrix_family("rigid_3d", [1, 0, 0, 0, 0, 0, 0], to_theta, dims=3)
+
+
+@functools.lru_cache(maxsize=None)
+def similarity_3d() -> Transform:
+  """3-D rotation, isotropic scale and translation: params
+  `(qw, qx, qy, qz, log_scale, tx, ty, tz)`, the rotation as in `rigid_3d` and the
+  scale `exp(log_scale)`."""
+  def to_theta(p):
+    scale = jnp.exp(p[..., 4])[..., None, None]
+    return _volume_theta(scale * rotation_from_quaternion(p[..., :4]), p[..., 5:])
+  return _matrix_family("similarity_3d", [1, 0, 0, 0, 0, 0, 0, 0], to_theta, dims=3)
 
 
 def _control_points(lattice_shape):
@@ -242,12 +320,19 @@ _FAMILIES = {
     "similarity": similarity,
     "projective": projective,
     "tps": tps,
+    "affine_3d": affine_3d,
+    "translation_3d": translation_3d,
+    "scale_translation_3d": scale_translation_3d,
+    "rigid_3d": rigid_3d,
+    "similarity_3d": similarity_3d,
 }
 
 
-def names() -> tuple[str, ...]:
-  """The names `get` accepts."""
-  return tuple(_FAMILIES)
+def names(dims=None) -> tuple[str, ...]:
+  """The names `get` accepts; with `dims` (2 or 3), those of the 2-D or 3-D families."""
+  if dims is None:
+    return tuple(_FAMILIES)
+  return tuple(name for name in _FAMILIES if name.endswith("_3d") == (dims == 3))
 
 
 def get(name: str, **options) -> Transform:
@@ -260,16 +345,19 @@ def get(name: str, **options) -> Transform:
 @functools.lru_cache(maxsize=None)
 def _locator(transform: Transform) -> sampling.Locator:
   """The pipeline's view of a family: its params locate the pixels each output reads."""
+  def check(params):
+    _check_params(params, transform.name, transform.num_params)
+    return transform.dims
+
   return sampling.Locator(
-      f"{transform.name} params", str(transform.num_params), 1,
-      functools.partial(_check_params, transform_name=transform.name,
-                        num_params=transform.num_params),
-      transform.source_pixels)
+      name=f"{transform.name} params", check=check,
+      layout=lambda dims: str(transform.num_params), rank=lambda dims: 1,
+      source_pixels=transform.source_pixels)
 
 
 def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=None, *,
          method: str = "bilinear", padding_mode: str = "zeros", align_corners: bool = False,
-         implementation: str = "xla") -> jax.Array:
+         fill_value=None, implementation: str = "xla") -> jax.Array:
   """Samples `image` with the transform given by `params`.
 
   The same checked, jitted pipeline as `stnjax.sample` and `stnjax.grid_sample`.
@@ -278,16 +366,16 @@ def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=No
     transform: a `Transform`, e.g. `get("tps")`.
     params: `[*batch, ..., num_params]`; starts with the image's batch dims, extra
       dims are glimpses, as theta in `stnjax.sample`.
-    image: `[*batch, H, W, C]`.
-    out_shape, method, padding_mode, align_corners, implementation: as in
+    image: `[*batch, H, W, C]`, or `[*batch, D, H, W, C]` for a 3-D family.
+    out_shape, method, padding_mode, align_corners, fill_value, implementation: as in
       `stnjax.sample`.
 
   Returns:
-    `[*batch, ..., Ho, Wo, C]`; identity params return the image exactly.
+    `[*batch, ..., *out_shape, C]`; identity params return the image exactly.
   """
   if not isinstance(transform, Transform):
     raise TypeError(f"transform must be a stnjax.transforms.Transform (e.g. "
                     f"transforms.get('affine')), got {type(transform).__name__}.")
   return sampling.warp_with(_locator(transform), params, image, out_shape, method=method,
                             padding_mode=padding_mode, align_corners=align_corners,
-                            implementation=implementation)
+                            implementation=implementation, fill_value=fill_value)

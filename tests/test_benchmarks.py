@@ -34,18 +34,24 @@ def test_peers_agree_with_stnjax(peer):
 
 
 def test_quick_run_writes_table_and_json(tmp_path, capsys):
-  cases = (sampler.Case(2, 5, 7, 3, (5, 7)), sampler.Case(2, 8, 6, 1, (3, 4)))
+  cases = (sampler.Case(2, 5, 7, 3, (5, 7)), sampler.Case(2, 8, 6, 1, (3, 4)),
+           sampler.Case(2, 4, 5, 1, (3, 4, 5), depth=3))
   json_path = tmp_path / "bench.json"
   records = sampler.main(["--repeats", "1", "--warmup", "0", "--json", str(json_path)],
                          cases=cases)
   table = capsys.readouterr().out
   assert "| shape | mode |" in table and "versions:" in table and "threads" in table
   stnjax_rows = [r for r in records if r["peer"] == "stnjax"]
-  assert len(stnjax_rows) == 2 * len(sampler.MODES)
+  assert len(stnjax_rows) == 3 * len(sampler.MODES)
   assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in stnjax_rows)
+  assert any(r["shape"] == "[2, 3, 4, 5, 1]" for r in stnjax_rows)
   kernel_rows = [r for r in records if r["peer"] == "stnjax_cpu_kernel"]
   expected_status = "ok" if stnjax.has_cpu_kernel() else "skipped"
-  assert len(kernel_rows) == 6 and all(r["status"] == expected_status for r in kernel_rows)
+  assert len(kernel_rows) == 9 and all(r["status"] == expected_status for r in kernel_rows
+                                       if "4, 5, 1]" not in r["shape"])
+  # Volumes: the 2-D-only peers are skipped with a reason, never failed.
+  assert all(r["status"] == "skipped" and r["reason"] for r in records
+             if r["shape"] == "[2, 3, 4, 5, 1]" and r["peer"] not in sampler.VOLUME_PEERS)
   # dm-pix cannot resize: it is reported as skipped, never as failed.
   assert all(r["status"] == "skipped" for r in records
              if r["peer"] == "dm_pix" and r["shape"].endswith("3x4"))

@@ -49,13 +49,15 @@ def assert_clear_of_kinks(grid, in_shape, align_corners=False, margin=0.09):
 
 
 def plain_bilinear(image, grid, padding_mode, align_corners):
-  """Bilinear grid_sample by plain autodiff of gathers: no stnjax primitive."""
-  height, width = image.shape[-3:-1]
-  pixels = stnjax.normalized_to_pixel(grid, (height, width), align_corners=align_corners)
-  x = _interpolation.apply_padding(pixels[..., 0], width, padding_mode, align_corners)
-  y = _interpolation.apply_padding(pixels[..., 1], height, padding_mode, align_corners)
+  """Bilinear (trilinear) grid_sample by plain autodiff of gathers: no stnjax primitive."""
+  dims = grid.shape[-1]
+  spatial = image.shape[-dims - 1:-1]
+  pixels = stnjax.normalized_to_pixel(grid, spatial, align_corners=align_corners)
   batch = image.shape[0]
-  out = _corners.read(image, x.reshape(batch, -1), y.reshape(batch, -1))
+  coords = [_interpolation.apply_padding(pixels[..., axis], size, padding_mode,
+                                         align_corners).reshape(batch, -1)
+            for axis, size in enumerate(spatial[::-1])]
+  out = _corners.read(image, *coords)
   return out.reshape(grid.shape[:-1] + image.shape[-1:])
 
 
@@ -80,12 +82,14 @@ class Case:
   @property
   def param(self):
     """The case as a pytest parameter; marked slow where another case covers the same
-    reads (a method's extra padding modes, grid_sample beside sample, the widest preset),
+    reads (a method's extra padding modes, grid_sample beside sample, the widest preset,
+    integrate_velocity beside warp_flow),
     so that the default run stays short: `pytest -m slow` runs these."""
     slow = (any(self.name.startswith(f"sample-{m}-{p}") for m in ("nearest", "bicubic")
                 for p in ("border", "reflection"))
             or self.name in ("grid_sample-nearest", "grid_sample-bicubic")
-            or "IdsiaLocalization" in self.name)
+            or "IdsiaLocalization" in self.name
+            or self.name == "integrate_velocity")  # Its steps are warp_flow's reads.
     return pytest.param(self, id=self.name, marks=[pytest.mark.slow] if slow else [])
 
 
@@ -141,7 +145,7 @@ def family_params(name):
 
 def transform_cases():
   cases = []
-  for name in transforms.names():
+  for name in transforms.names(dims=2):
     family = transforms.get(name)
     params = family_params(name)
     out_shape = IN_SHAPE if name in ("translation", "tps") else OUT_SHAPE
@@ -170,6 +174,35 @@ def grid_function_cases():
            lambda t: stnjax.pixel_matrix_from_theta(t, IN_SHAPE, OUT_SHAPE), (THETA,)),
       Case("theta_from_pixel_matrix",
            lambda m: stnjax.theta_from_pixel_matrix(m, IN_SHAPE), (homography,)),
+  ]
+
+
+VOLUME_IN_SHAPE, VOLUME_OUT_SHAPE = (4, 5, 7), (2, 3, 4)
+VOLUME_THETA = np.array([[[0.54, 0.0, 0.0, 0.09], [0.0, 0.54, 0.0, 0.09],
+                          [0.0, 0.0, 0.54, 0.09]]] * 2, np.float32)
+# Reads reach past the border, where the fill shows.
+ZOOMED_OUT_THETA = np.array([[[1.5, 0.0, 0.08], [0.0, 1.5, 0.08]]] * 2, np.float32)
+
+
+def volume_and_flow_cases():
+  volume = random_array((2,) + VOLUME_IN_SHAPE + (2,), 5)
+  assert_clear_of_kinks(stnjax.affine_grid(VOLUME_THETA, VOLUME_OUT_SHAPE), VOLUME_IN_SHAPE)
+  assert_clear_of_kinks(stnjax.affine_grid(ZOOMED_OUT_THETA, IN_SHAPE), IN_SHAPE)
+  # Every read 0.21-0.41 px past a pixel centre.
+  flow = 0.31 + 0.1 * random_array((2,) + IN_SHAPE + (2,), 6)
+  velocity = 0.5 + 0.1 * random_array((2,) + IN_SHAPE + (2,), 7)
+  return [
+      Case("sample-volume", functools.partial(stnjax.sample, out_shape=VOLUME_OUT_SHAPE),
+           (VOLUME_THETA, volume),
+           lambda theta, volume: plain_bilinear(
+               volume, stnjax.affine_grid(theta, VOLUME_OUT_SHAPE), "zeros", False)),
+      Case("sample-constant_fill",
+           lambda theta, image, fill: stnjax.sample(theta, image, padding_mode="constant",
+                                                    fill_value=fill),
+           (ZOOMED_OUT_THETA, IMAGE, jnp.array([0.7], jnp.float32))),
+      Case("warp_flow", stnjax.warp_flow, (IMAGE, flow)),
+      Case("integrate_velocity", lambda v: stnjax.integrate_velocity(v, num_steps=2),
+           (velocity,)),
   ]
 
 
@@ -240,7 +273,8 @@ def module_cases():
           for name, module in MODULES.items()]
 
 
-CASES = sampler_cases() + transform_cases() + grid_function_cases() + module_cases()
+CASES = (sampler_cases() + transform_cases() + grid_function_cases() + volume_and_flow_cases()
+         + module_cases())
 
 
 def scalar_loss(case):

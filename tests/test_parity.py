@@ -1,4 +1,5 @@
-"""stnjax against PyTorch's affine_grid + grid_sample, from stored reference outputs.
+"""stnjax against PyTorch's affine_grid + grid_sample, from stored reference outputs:
+images (PyTorch's 4-D inputs) and volumes (its 5-D ones).
 
 The fixtures come from scripts/make_reference_fixtures.py (forward and gradients in
 float64 for float32 inputs); tolerances are a few float32 roundings of the values.
@@ -55,7 +56,16 @@ def test_grid_sample_forward_and_gradients_match_torch(reference_case):
 
 def test_fixtures_cover_every_option():
   from conftest import REFERENCE_CASES
-  seen = {tuple(str(v) for v in case["options"]) for case in REFERENCE_CASES.values()}
-  expected = {(m, p, a) for m in ("bilinear", "nearest", "bicubic")
-              for p in ("zeros", "border", "reflection") for a in ("False", "True")}
+  seen = {(len(case["out_shape"]),) + tuple(str(v) for v in case["options"])
+          for case in REFERENCE_CASES.values()}
+  expected = {(dims, m, p, a) for dims in (2, 3) for m in ("bilinear", "nearest", "bicubic")
+              for p in ("zeros", "border", "reflection") for a in ("False", "True")
+              if (dims, m) != (3, "bicubic")}
   assert seen == expected
+
+
+def test_volume_fixtures_cover_projective_and_other_output_sizes():
+  from conftest import REFERENCE_CASES
+  volumes = [case for case in REFERENCE_CASES.values() if len(case["out_shape"]) == 3]
+  assert any(case["theta"].shape[-2:] == (4, 4) for case in volumes)
+  assert any(tuple(case["out_shape"]) != case["image"].shape[1:4] for case in volumes)

@@ -55,6 +55,16 @@ def test_quick_start(readme):
   assert np.abs(grads[:, :, 2]).min() > 0.1  # Non-zero at the identity, as the README says.
 
 
+def test_volume_example(readme):
+  volumes = np.arange(2 * 4 * 6 * 8.0).reshape(2, 4, 6, 8, 1)
+  np.testing.assert_array_equal(readme["volumes"], volumes)
+  blocks = volumes.reshape(2, 2, 2, 3, 2, 4, 2, 1).mean((2, 4, 6))
+  np.testing.assert_allclose(readme["halved"], blocks, rtol=1e-6)
+  np.testing.assert_array_equal(readme["unmoved"], volumes)
+  np.testing.assert_array_equal(readme["shifted"][..., :-1, :], volumes[..., 1:, :])
+  np.testing.assert_array_equal(readme["shifted"][..., -1, :], 0.0)
+
+
 def test_linen_example(readme):
   model, train_step, labels = readme["model"], readme["train_step"], readme["labels"]
   # Zero images give zero logits (biases start at zero): the loss before the step is ln 10.

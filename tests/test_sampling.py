@@ -294,7 +294,7 @@ BAD_INPUTS = [
     (stnjax.sample, (jnp.eye(2, 3), jnp.zeros((5, 7, 1))), {"out_shape": 4}, ValueError,
      "out_shape must be a pair"),
     (stnjax.grid_sample, (jnp.zeros((5, 7, 1)), jnp.zeros((4, 4, 3))), {}, ValueError,
-     r"last axis \(x, y\), got shape \(4, 4, 3\)"),
+     r"\[\.\.\., Do, Ho, Wo, 3\] \(x, y, z\), got shape \(4, 4, 3\)"),
     (stnjax.grid_sample, (jnp.zeros((2, 5, 7, 1)), jnp.zeros((3, 4, 4, 2))), {}, ValueError,
      r"batch dims \(2,\)"),
     (stnjax.grid_sample, (jnp.zeros((2, 5, 7, 1)), jnp.zeros((4, 4, 2))), {}, ValueError,
