@@ -49,7 +49,7 @@ def main():
     for case in REFERENCE_CASES.values():
       row, (case_errors, magnitudes) = errors(case)
       for key in COLUMNS:
-        worst[row][key] = max(worst[method][key], case_errors[key])
+        worst[row][key] = max(worst[row][key], case_errors[key])
         largest[key] = max(largest[key], magnitudes[key])
   print(f"max abs difference vs PyTorch over {len(REFERENCE_CASES)} cases "
         "(values in [-1, 1]; sample = affine_grid + grid_sample fused)")

@@ -33,6 +33,7 @@ OUT_SHAPE = (3, 4)
 THETA = np.array([[[0.54, 0.0, 0.09], [0.0, 0.54, 0.09]]] * 2, np.float32)
 FINITE_DIFFERENCE_STEP = 2e-3
 TOLERANCE = dict(atol=2e-3, rtol=2e-3)
+METHODS = ("bilinear", "nearest", "bicubic")
 
 
 def random_array(shape, seed):
@@ -82,12 +83,16 @@ class Case:
   @property
   def param(self):
     """The case as a pytest parameter; marked slow where another case covers the same
-    reads (a method's extra padding modes, grid_sample beside sample, the widest preset,
+    reads (a method's extra padding modes, whose derivatives test_parity.py checks
+    against PyTorch's; grid_sample beside sample, the warps of the affine families
+    beside warp-affine and their .theta cases, the widest preset,
     integrate_velocity beside warp_flow),
     so that the default run stays short: `pytest -m slow` runs these."""
-    slow = (any(self.name.startswith(f"sample-{m}-{p}") for m in ("nearest", "bicubic")
+    slow = (any(self.name.startswith(f"sample-{m}-{p}") for m in METHODS
                 for p in ("border", "reflection"))
             or self.name in ("grid_sample-nearest", "grid_sample-bicubic")
+            # sample(family.theta(params)): the .theta cases and warp-affine cover them.
+            or self.name in ("warp-translation", "warp-scale_translation", "warp-similarity")
             or "IdsiaLocalization" in self.name
             or self.name == "integrate_velocity")  # Its steps are warp_flow's reads.
     return pytest.param(self, id=self.name, marks=[pytest.mark.slow] if slow else [])

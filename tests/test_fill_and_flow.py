@@ -147,8 +147,9 @@ def test_warp_flow_gradients_and_transformations():
   image = random_array((1, 4, 5, 2))
   flow = 0.7 * random_array((1, 4, 5, 2), seed=2) + 0.31
   with jax.enable_x64(True):
+    # Second order: the warp_flow case of test_composability.py.
     check_grads(jax.jit(stnjax.warp_flow), (image.astype(jnp.float64), flow.astype(jnp.float64)),
-                order=2, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2, eps=1e-4)
+                order=1, modes=("fwd", "rev"), atol=2e-2, rtol=2e-2, eps=1e-4)
   batched = jax.vmap(stnjax.warp_flow)(image, flow)
   np.testing.assert_allclose(batched, stnjax.warp_flow(image, flow), atol=1e-6)
 

@@ -131,8 +131,7 @@ def test_transformations_compose():
       theta, volume)
   for a, b in zip(grad, per_example):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-  hessian = jax.hessian(lambda t: loss(t, volume))(theta)
-  assert hessian.shape == (2, 3, 4, 2, 3, 4) and np.isfinite(hessian).all()
+  # Second derivatives: the sample-volume case of test_composability.py.
   exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=("cpu", "cuda", "tpu"))(
       theta, volume)
   np.testing.assert_allclose(exported.call(theta, volume), grad[0], rtol=1e-6, atol=1e-6)
