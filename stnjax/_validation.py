@@ -9,11 +9,6 @@ _AXES = {2: "H, W", 3: "D, H, W"}
 _SIZES = {2: "a pair (height, width)", 3: "a triple (depth, height, width)"}
 
 
-def spatial_axes(dims: int) -> str:
-  """The spatial axes in words: "H, W" or "D, H, W"."""
-  return _AXES[dims]
-
-
 def check_implementation(implementation: str) -> None:
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")

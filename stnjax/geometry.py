@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from stnjax import _validation
+from stnjax import grid as grid_lib
 
 __all__ = [
     "invert_theta",
@@ -190,12 +191,8 @@ def invert_theta(theta: jax.Array) -> jax.Array:
   >>> invert_theta(jnp.array([[2.0, 0.0, 1.0], [0.0, 0.5, 0.0]])).tolist()
   [[0.5, 0.0, -0.5], [0.0, 2.0, 0.0]]
   """
-  layouts = "[..., 2, 3] or [..., 3, 3] (2-D), [..., 3, 4] or [..., 4, 4] (3-D)"
-  theta = _as_float32(theta, "theta", layouts)
-  if (theta.ndim < 2 or theta.shape[-1] not in (3, 4)
-      or theta.shape[-2] not in (theta.shape[-1] - 1, theta.shape[-1])):
-    raise ValueError(f"theta must have shape {layouts} (affine or projective), "
-                     f"got shape {tuple(theta.shape)}.")
+  theta = _as_float32(theta, "theta", "[..., 2, 3] or [..., 3, 3], [..., 3, 4] or [..., 4, 4]")
+  _validation.check_theta(theta)
   return _invert_theta(theta)
 
 
@@ -261,7 +258,7 @@ def _theta_from_boxes(boxes, in_shape, align_corners):
   def axis_row(low, high, size):
     # An edge coordinate e is normalized (e - size / 2) / half_extent, which maps the
     # box to [low', high']; the output's [-1, 1] goes there linearly.
-    half_extent = (size - 1) / 2 if align_corners else size / 2
+    half_extent = grid_lib.pixels_per_unit(size, align_corners)
     if half_extent == 0:  # A size-1 axis with align_corners: PyTorch reads pixel 0.
       return jnp.zeros_like(low), jnp.zeros_like(low)
     denominator = 2 * half_extent

@@ -1,8 +1,6 @@
 """Constant padding with a fill value, and dense displacement warps (warp_flow,
 integrate_velocity), in 2-D and 3-D."""
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
