@@ -85,7 +85,7 @@ class Case:
     """The case as a pytest parameter; marked slow where another case covers the same
     reads (a method's extra padding modes, whose derivatives test_parity.py checks
     against PyTorch's; grid_sample beside sample, the warps of the affine families
-    beside warp-affine and their .theta cases, the widest preset,
+    beside warp-affine and their .theta cases, the linear 3-D families, the widest preset,
     integrate_velocity beside warp_flow),
     so that the default run stays short: `pytest -m slow` runs these."""
     slow = (any(self.name.startswith(f"sample-{m}-{p}") for m in METHODS
@@ -94,7 +94,10 @@ class Case:
             # sample(family.theta(params)): the .theta cases and warp-affine cover them.
             or self.name in ("warp-translation", "warp-scale_translation", "warp-similarity")
             or "IdsiaLocalization" in self.name
-            or self.name == "integrate_velocity")  # Its steps are warp_flow's reads.
+            or self.name == "integrate_velocity"  # Its steps are warp_flow's reads.
+            # Linear in their params, beside rigid_3d and similarity_3d.
+            or self.name in ("affine_3d.theta", "translation_3d.theta",
+                             "scale_translation_3d.theta"))
     return pytest.param(self, id=self.name, marks=[pytest.mark.slow] if slow else [])
 
 
@@ -211,6 +214,38 @@ def volume_and_flow_cases():
   ]
 
 
+def volume_family_and_geometry_cases():
+  """The 3-D families' theta and grid, and the geometry helpers: smooth functions."""
+  quaternion = jnp.asarray([[0.9, 0.2, -0.3, 0.1]] * 2, jnp.float32)
+  params = {
+      "affine_3d": VOLUME_THETA.reshape(2, 12),
+      "translation_3d": np.full((2, 3), 0.09),
+      "scale_translation_3d": np.array([[0.54, 0.09, 0.09, 0.09]] * 2),
+      "rigid_3d": np.concatenate([quaternion, np.full((2, 3), 0.09)], axis=1),
+      "similarity_3d": np.concatenate([quaternion, np.full((2, 1), -0.6),
+                                       np.full((2, 3), 0.09)], axis=1),
+  }
+  cases = []
+  for name in transforms.names(dims=3):
+    family = transforms.get(name)
+    cases.append(Case(f"{name}.theta", family.theta,
+                      (jnp.asarray(params[name], jnp.float32),)))
+  cases.append(Case("rigid_3d.grid", lambda p: transforms.rigid_3d().grid(p, VOLUME_OUT_SHAPE),
+                    (jnp.asarray(params["rigid_3d"], jnp.float32),)))
+  square = np.array([[0, 0], [6, 0], [6, 4], [0, 4]], np.float32)
+  quad = square + np.array([[0.3, -0.2], [0.5, 0.4], [-0.4, 0.2], [0.1, 0.3]], np.float32)
+  return cases + [
+      Case("rotation_matrix", stnjax.rotation_matrix,
+           (jnp.asarray([[3.0, 2.0]] * 2), jnp.asarray([30.0, -50.0]), jnp.asarray([0.9, 1.2]))),
+      Case("perspective_matrix", stnjax.perspective_matrix,
+           (jnp.asarray(np.stack([square] * 2)), jnp.asarray(np.stack([quad] * 2)))),
+      Case("invert_theta", stnjax.invert_theta, (jnp.asarray(THETA),)),
+      Case("invert_theta-volume", stnjax.invert_theta, (jnp.asarray(VOLUME_THETA),)),
+      Case("theta_from_boxes", lambda boxes: stnjax.theta_from_boxes(boxes, IN_SHAPE),
+           (jnp.asarray([[1.0, 0.5, 5.5, 4.0]] * 2),)),
+  ]
+
+
 # The spatial transformers' regression bias: scale 0.5 and shift -0.125 (for the affine
 # family; a shift of 0.06 for TPS) keep 12x12 -> 6x6 (TPS: 12x12) reads clear of kinks.
 MODULE_BIAS = {"affine": [0.5, 0.0, -0.125, 0.0, 0.5, -0.125], "tps": [0.06] * 32}
@@ -279,7 +314,7 @@ def module_cases():
 
 
 CASES = (sampler_cases() + transform_cases() + grid_function_cases() + volume_and_flow_cases()
-         + module_cases())
+         + volume_family_and_geometry_cases() + module_cases())
 
 
 def scalar_loss(case):
