@@ -39,12 +39,13 @@ def resolve_transform(transform: Union[str, transforms.Transform]) -> transforms
   return transform
 
 
-def check_options(num_heads, heads, method, padding_mode, implementation):
+def check_options(num_heads, heads, method, padding_mode, implementation, antialias=False):
   if not isinstance(num_heads, int) or num_heads < 1:
     raise ValueError(f"num_heads must be a positive int, got {num_heads!r}.")
   if heads not in HEAD_LAYOUTS:
     raise ValueError(f"heads must be one of {HEAD_LAYOUTS}, got {heads!r}.")
   _validation.check_options(method, padding_mode)
+  _validation.check_antialias(antialias, method, padding_mode)
   sampling.check_implementation(implementation)
 
 
@@ -60,7 +61,7 @@ def identity_bias(family: transforms.Transform, num_heads: int) -> np.ndarray:
 
 
 def warp_heads(family, raw_params, x, *, num_heads, heads, out_shape, method, padding_mode,
-               align_corners, implementation):
+               align_corners, implementation, antialias=False):
   """Warps x `[B, H, W, C]` with regressed `raw_params` `[B, K * P]`.
 
   Returns:
@@ -72,7 +73,8 @@ def warp_heads(family, raw_params, x, *, num_heads, heads, out_shape, method, pa
   if num_heads == 1:
     params = params[:, 0]
   out = transforms.warp(family, params, x, out_shape, method=method, padding_mode=padding_mode,
-                        align_corners=align_corners, implementation=implementation)
+                        align_corners=align_corners, implementation=implementation,
+                        antialias=antialias)
   if num_heads > 1 and heads == "concat":
     out = jnp.moveaxis(out, 1, -2).reshape(out.shape[:1] + out.shape[2:-1] + (-1,))
   out_shape = out_shape or x.shape[1:3]

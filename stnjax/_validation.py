@@ -1,6 +1,7 @@
 """Trace-time checks for the public functions: each names what it expected and what came."""
 
 import jax.numpy as jnp
+import numpy as np
 
 METHODS = ("bilinear", "nearest", "bicubic")
 PADDING_MODES = ("zeros", "border", "reflection", "constant")
@@ -20,6 +21,16 @@ def check_options(method: str, padding_mode: str) -> None:
   if padding_mode not in PADDING_MODES:
     raise ValueError(
         f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}.")
+
+
+def check_antialias(antialias, method: str, padding_mode: str) -> None:
+  if not isinstance(antialias, (bool, np.bool_)):
+    raise TypeError(f"antialias must be True or False, got {antialias!r}.")
+  if antialias and method != "bilinear":
+    raise ValueError(f"antialias=True filters bilinear sampling only, got method={method!r}.")
+  if antialias and padding_mode == "constant":
+    raise ValueError("antialias=True takes padding_mode 'zeros', 'border' or 'reflection', "
+                     "not 'constant'.")
 
 
 def check_options_for(dims: int, method: str, implementation: str) -> None:

@@ -87,8 +87,9 @@ class SpatialTransformer(nn.Module):
     out_shape: `(Ho, Wo)` of the output; defaults to the input's.
     num_heads: K transformers sharing one localization net (the paper's 2x/4x ST-CNN).
     heads: with K > 1, "stack" gives `[B, K, Ho, Wo, C]`, "concat" `[B, Ho, Wo, K * C]`.
-    method, padding_mode, align_corners, implementation: passed to the sampler (see
-      `stnjax.sample`).
+    method, padding_mode, align_corners, implementation, antialias: passed to the
+      sampler (see `stnjax.sample`); `antialias=True` filters where the transform
+      shrinks the input, e.g. a glimpse smaller than the region it covers.
 
   Call with `x` `[B, H, W, C]`; `return_transform=True` also returns a
   `TransformOutput` (params, theta or TPS grid) from the same forward pass. The params
@@ -103,12 +104,13 @@ class SpatialTransformer(nn.Module):
   padding_mode: str = "zeros"
   align_corners: bool = False
   implementation: str = "xla"
+  antialias: bool = False
 
   @nn.compact
   def __call__(self, x, *, return_transform: bool = False):
     _heads.check_input(x, "SpatialTransformer")
     _heads.check_options(self.num_heads, self.heads, self.method, self.padding_mode,
-                         self.implementation)
+                         self.implementation, self.antialias)
     family = _heads.resolve_transform(self.transform)
     localization = self.localization or TutorialLocalization(padding="SAME",
                                                              name="localization")
@@ -122,6 +124,7 @@ class SpatialTransformer(nn.Module):
     out, info = _heads.warp_heads(
         family, raw_params, x, num_heads=self.num_heads, heads=self.heads,
         out_shape=self.out_shape, method=self.method, padding_mode=self.padding_mode,
-        align_corners=self.align_corners, implementation=self.implementation)
+        align_corners=self.align_corners, implementation=self.implementation,
+        antialias=self.antialias)
     self.sow("intermediates", "transform_params", info.params)
     return (out, info) if return_transform else out

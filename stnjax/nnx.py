@@ -94,7 +94,7 @@ class SpatialTransformer(nnx.Module):
     localization: any NNX module `[B, H, W, C] -> [B, ...]`; defaults to
       `TutorialLocalization(input_shape, padding="SAME")`.
     transform, out_shape, num_heads, heads, method, padding_mode, align_corners,
-      implementation: as in
+      implementation, antialias: as in
       `stnjax.SpatialTransformer` (Linen).
     rngs: for parameter initialization.
 
@@ -106,12 +106,12 @@ class SpatialTransformer(nnx.Module):
                transform: Union[str, transforms.Transform] = "affine", out_shape=None,
                num_heads: int = 1, heads: str = "stack", method: str = "bilinear",
                padding_mode: str = "zeros", align_corners: bool = False,
-               implementation: str = "xla", rngs: nnx.Rngs):
-    _heads.check_options(num_heads, heads, method, padding_mode, implementation)
+               implementation: str = "xla", antialias: bool = False, rngs: nnx.Rngs):
+    _heads.check_options(num_heads, heads, method, padding_mode, implementation, antialias)
     self.family = _heads.resolve_transform(transform)
     self.out_shape, self.num_heads, self.heads = out_shape, num_heads, heads
     self.method, self.padding_mode, self.align_corners = method, padding_mode, align_corners
-    self.implementation = implementation
+    self.implementation, self.antialias = implementation, antialias
     self.localization = localization or TutorialLocalization(input_shape, padding="SAME",
                                                              rngs=rngs)
     features = jax.eval_shape(self.localization, jnp.zeros((1,) + tuple(input_shape)))
@@ -127,5 +127,6 @@ class SpatialTransformer(nnx.Module):
     out, info = _heads.warp_heads(
         self.family, raw_params, x, num_heads=self.num_heads, heads=self.heads,
         out_shape=self.out_shape, method=self.method, padding_mode=self.padding_mode,
-        align_corners=self.align_corners, implementation=self.implementation)
+        align_corners=self.align_corners, implementation=self.implementation,
+        antialias=self.antialias)
     return (out, info) if return_transform else out

@@ -25,6 +25,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from stnjax import _antialias
 from stnjax import _cpu_kernel
 from stnjax import _interpolation
 from stnjax import _validation
@@ -69,7 +70,8 @@ GRID = Locator(
     rank=lambda dims: dims + 1, source_pixels=_grid_source_pixels)
 
 
-def _read(image, coords, method, padding_mode, align_corners, implementation, fill_value):
+def _read(image, coords, method, padding_mode, align_corners, implementation, fill_value,
+          antialias=False):
   """image `[*batch, *spatial, C]` read at pixel coordinates `(x, y[, z])` `[*batch, ...]`."""
   dims = len(coords)
   batch_shape = image.shape[:-dims - 1]
@@ -77,8 +79,11 @@ def _read(image, coords, method, padding_mode, align_corners, implementation, fi
   per_example = coords[0].shape[len(batch_shape):]
   images = image.reshape((batch_size,) + image.shape[-dims - 1:])
   coords = [c.reshape((batch_size,) + per_example) for c in coords]
-  out = _interpolation.read(images, coords, method, padding_mode, align_corners,
-                            implementation)
+  if antialias:
+    out = _antialias.read(images, coords, padding_mode, align_corners, implementation)
+  else:
+    out = _interpolation.read(images, coords, method, padding_mode, align_corners,
+                              implementation)
   if padding_mode == "constant" and fill_value is not None:
     sizes = image.shape[-2:-dims - 2:-1]
     out = out + fill_value * _interpolation.outside_weight(coords, sizes, method)[..., None]
@@ -88,12 +93,14 @@ def _read(image, coords, method, padding_mode, align_corners, implementation, fi
 
 
 @functools.partial(jax.jit, static_argnames=("locator", "out_shape", "method", "padding_mode",
-                                             "align_corners", "implementation"))
+                                             "align_corners", "implementation", "antialias"))
 def _warp(locator, coords, image, fill_value, out_shape, method, padding_mode, align_corners,
-          implementation):
+          implementation, antialias):
   dims = locator.check(coords)
   _validation.check_image(image, dims=dims)
   _validation.check_options_for(dims, method, implementation)
+  if antialias and dims == 3:
+    raise ValueError("antialias=True samples 2-D images only; volumes take antialias=False.")
   batch_rank = image.ndim - dims - 1
   layout = locator.layout(dims)
   if coords.ndim < batch_rank + locator.rank(dims):
@@ -108,22 +115,24 @@ def _warp(locator, coords, image, fill_value, out_shape, method, padding_mode, a
   if fill_value is not None:
     fill_value = _validation.check_fill_value(fill_value, padding_mode, image.shape[-1])
   coords = locator.source_pixels(coords, in_shape, out_shape or in_shape, align_corners)
-  return _read(image, coords, method, padding_mode, align_corners, implementation, fill_value)
+  return _read(image, coords, method, padding_mode, align_corners, implementation, fill_value,
+               antialias)
 
 
 def warp_with(locator: Locator, coords, image, out_shape=None, *, method="bilinear",
               padding_mode="zeros", align_corners=False, implementation="xla",
-              fill_value=None):
+              fill_value=None, antialias=False):
   """The one checked, jitted path of every warp: `sample`, `grid_sample`, `warp_flow`
   and `transforms.warp`."""
   check_implementation(implementation)
   _validation.check_options(method, padding_mode)
+  _validation.check_antialias(antialias, method, padding_mode)
   if out_shape is not None:
     out_shape = _validation.check_size(out_shape, "out_shape", None)
   if fill_value is not None:
     fill_value = _validation.check_fill_value(fill_value, padding_mode, None)
   return _warp(locator, coords, image, fill_value, out_shape, method, padding_mode,
-               bool(align_corners), implementation)
+               bool(align_corners), implementation, bool(antialias))
 
 
 def check_implementation(implementation: str) -> None:
@@ -146,7 +155,8 @@ def has_cpu_kernel() -> bool:
 
 def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
                 padding_mode: str = "zeros", align_corners: bool = False,
-                fill_value=None, implementation: str = "xla") -> jax.Array:
+                fill_value=None, implementation: str = "xla",
+                antialias: bool = False) -> jax.Array:
   """Reads `image` at the normalized positions in `grid`, in 2-D or 3-D.
 
   Equals `torch.nn.functional.grid_sample(input, grid, mode, padding_mode,
@@ -175,6 +185,12 @@ def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
       to build it where it is not); XLA's scatter-add on other platforms. Values,
       every derivative and every transformation are the same either way; the forward
       pass and the other methods do not depend on it.
+    antialias: with `method="bilinear"` on 2-D images, where the grid shrinks the image
+      each output pixel reads a prefiltered pyramid at the scale of its footprint,
+      which approximates the average of the input over it (see the README); where it
+      does not shrink, the result is plain bilinear sampling exactly. The footprint is
+      taken from differences between neighbouring grid points. Not with
+      `padding_mode="constant"`.
 
   Returns:
     `[*batch, ..., Ho, Wo, C]` (or `[*batch, ..., Do, Ho, Wo, C]`) in the image's dtype
@@ -182,12 +198,12 @@ def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
   """
   return warp_with(GRID, grid, image, method=method, padding_mode=padding_mode,
                    align_corners=align_corners, implementation=implementation,
-                   fill_value=fill_value)
+                   fill_value=fill_value, antialias=antialias)
 
 
 def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = "bilinear",
            padding_mode: str = "zeros", align_corners: bool = False, fill_value=None,
-           implementation: str = "xla") -> jax.Array:
+           implementation: str = "xla", antialias: bool = False) -> jax.Array:
   """Warps `image` with theta: the fused `grid_sample(image, affine_grid(theta, ...))`.
 
   Works on separable row and column terms, so no batch of base grids is built, and
@@ -202,6 +218,10 @@ def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = 
     out_shape: `(Ho, Wo)` (or `(Do, Ho, Wo)`); defaults to the image's.
     method, padding_mode, align_corners, fill_value, implementation: as in
       `grid_sample`.
+    antialias: filter where theta shrinks the image, as in `grid_sample`; the
+      footprint comes from theta (per image for an affine theta, per pixel for a
+      projective one), so it works with traced thetas. Plain bilinear sampling, bit
+      for bit, where theta does not shrink.
 
   Returns:
     `[*batch, ..., Ho, Wo, C]` in the image's dtype (float32 for integer images).
@@ -219,4 +239,4 @@ def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = 
   """
   return warp_with(THETA, theta, image, out_shape, method=method, padding_mode=padding_mode,
                    align_corners=align_corners, implementation=implementation,
-                   fill_value=fill_value)
+                   fill_value=fill_value, antialias=antialias)

@@ -357,7 +357,7 @@ def _locator(transform: Transform) -> sampling.Locator:
 
 def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=None, *,
          method: str = "bilinear", padding_mode: str = "zeros", align_corners: bool = False,
-         fill_value=None, implementation: str = "xla") -> jax.Array:
+         fill_value=None, implementation: str = "xla", antialias: bool = False) -> jax.Array:
   """Samples `image` with the transform given by `params`.
 
   The same checked, jitted pipeline as `stnjax.sample` and `stnjax.grid_sample`.
@@ -367,8 +367,8 @@ def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=No
     params: `[*batch, ..., num_params]`; starts with the image's batch dims, extra
       dims are glimpses, as theta in `stnjax.sample`.
     image: `[*batch, H, W, C]`, or `[*batch, D, H, W, C]` for a 3-D family.
-    out_shape, method, padding_mode, align_corners, fill_value, implementation: as in
-      `stnjax.sample`.
+    out_shape, method, padding_mode, align_corners, fill_value, implementation,
+      antialias: as in `stnjax.sample`.
 
   Returns:
     `[*batch, ..., *out_shape, C]`; identity params return the image exactly.
@@ -378,4 +378,5 @@ def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=No
                     f"transforms.get('affine')), got {type(transform).__name__}.")
   return sampling.warp_with(_locator(transform), params, image, out_shape, method=method,
                             padding_mode=padding_mode, align_corners=align_corners,
-                            implementation=implementation, fill_value=fill_value)
+                            implementation=implementation, fill_value=fill_value,
+                            antialias=antialias)

@@ -86,7 +86,7 @@ class Case:
     reads (a method's extra padding modes, whose derivatives test_parity.py checks
     against PyTorch's; grid_sample beside sample, the warps of the affine families
     beside warp-affine and their .theta cases, the linear 3-D families, the widest preset,
-    integrate_velocity beside warp_flow),
+    integrate_velocity beside warp_flow, antialiased sampling),
     so that the default run stays short: `pytest -m slow` runs these."""
     slow = (any(self.name.startswith(f"sample-{m}-{p}") for m in METHODS
                 for p in ("border", "reflection"))
@@ -95,6 +95,9 @@ class Case:
             or self.name in ("warp-translation", "warp-scale_translation", "warp-similarity")
             or "IdsiaLocalization" in self.name
             or self.name == "integrate_velocity"  # Its steps are warp_flow's reads.
+            # Two minutes of compiling; test_antialias.py checks its first derivatives,
+            # jit and vmap in the default run.
+            or self.name == "sample-antialias"
             # Linear in their params, beside rigid_3d and similarity_3d.
             or self.name in ("affine_3d.theta", "translation_3d.theta",
                              "scale_translation_3d.theta"))
@@ -214,6 +217,17 @@ def volume_and_flow_cases():
   ]
 
 
+def antialias_cases():
+  """Antialiased sampling between levels 0 and 1 (first image) and 1 and 2 (second), each
+  read >= 0.1 px from the whole pixels of its levels and each blend inside (0.1, 0.9)."""
+  theta = np.array([[[0.84, -0.01, 0.0], [0.01, 0.75, -0.02]],
+                    [[2.24, 0.0, 0.0], [0.0, 1.87, -0.06]]], np.float32)
+  image = random_array((2, 8, 12, 1), 8)
+  return [Case("sample-antialias",
+               functools.partial(stnjax.sample, out_shape=OUT_SHAPE, antialias=True),
+               (theta, image))]
+
+
 def volume_family_and_geometry_cases():
   """The 3-D families' theta and grid, and the geometry helpers: smooth functions."""
   quaternion = jnp.asarray([[0.9, 0.2, -0.3, 0.1]] * 2, jnp.float32)
@@ -314,7 +328,7 @@ def module_cases():
 
 
 CASES = (sampler_cases() + transform_cases() + grid_function_cases() + volume_and_flow_cases()
-         + volume_family_and_geometry_cases() + module_cases())
+         + antialias_cases() + volume_family_and_geometry_cases() + module_cases())
 
 
 def scalar_loss(case):
