@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
+import antialias  # noqa: E402
 import baselines  # noqa: E402
 import sampler  # noqa: E402
 
@@ -83,3 +84,17 @@ def test_training_benchmark_runs_the_tutorial_model(capsys, tmp_path):
   header = "| batch shape | torch images/s | stnjax images/s | ratio |"
   assert header in capsys.readouterr().out
   assert header in page.read_text() and "old" not in page.read_text()
+
+
+def test_antialias_benchmark_reports_errors_costs_and_a_picture(tmp_path, capsys):
+  json_path, picture = tmp_path / "antialias.json", tmp_path / "zone_plate.png"
+  errors, costs = antialias.main(["--size", "32", "--repeats", "1", "--quick", "--json",
+                                  str(json_path), "--picture", str(picture)])
+  table = capsys.readouterr().out
+  assert "| case | output |" in table and "| shape | mode |" in table
+  assert len(errors) == len(antialias.ERROR_CASES) and len(costs) == 4
+  # Antialiasing helps wherever the issue sets a bound, even on a 32 x 32 zone plate.
+  assert all(r["ratio"] < 1 for r in errors if r["bound"] is not None)
+  assert all(r["plain_ms"] > 0 and r["antialiased_ms"] > 0 for r in costs)
+  assert json.loads(json_path.read_text())["costs"] == json.loads(json.dumps(costs))
+  assert picture.stat().st_size > 1000

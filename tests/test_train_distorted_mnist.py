@@ -185,8 +185,20 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tiny_idx, tmp
   assert f"The last good checkpoint is step {step - 1} in" in message
 
 
+def test_cluttered_digits_through_a_smaller_antialiased_transformer(tiny_idx, tmp_path):
+  """--distortion tc (60x60 canvases with clutter) warped to 30x30, antialiased."""
+  workdir = tmp_path / "run"
+  args = flags(tiny_idx, workdir, "--num_epochs", "1", "--max_train_examples", "32")
+  args[args.index("r")] = "tc"
+  assert distorted_mnist.main([*args, "--stn_out_size", "30", "--antialias"]) == 0
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["config"]["stn_out_size"] == 30 and results["config"]["antialias"] is True
+  assert np.isfinite(results["test_loss"])
+
+
 def test_bad_flags_are_rejected(tiny_idx, tmp_path, capsys):
-  for bad in (["--stn", "shear"], ["--batch_size", "0"], ["--distortion", "x"]):
+  for bad in (["--stn", "shear"], ["--batch_size", "0"], ["--distortion", "x"],
+              ["--stn_out_size", "0"]):
     with pytest.raises(SystemExit):
       distorted_mnist.main(flags(tiny_idx, tmp_path / "run", *bad))
   assert "--stn must be 'none' or one of" in capsys.readouterr().err

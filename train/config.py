@@ -31,6 +31,8 @@ class Config:
   loc_lr_scale: float = 1.0  # learning-rate multiplier for the localization nets
   stn: str = "affine"  # a stnjax.transforms family, or "none" for the baseline
   num_transformers: int = 1
+  stn_out_size: Optional[int] = None  # side of the transformer's output; None: the input's
+  antialias: bool = False
   seed: int = 0
   max_train_examples: Optional[int] = None
   validation_examples: int = 5000
@@ -54,6 +56,8 @@ HELP = {
     "loc_lr_scale": "learning-rate multiplier of the localization nets (the paper: 0.1 on SVHN)",
     "stn": "transform family of the spatial transformer, or none for the baseline",
     "num_transformers": "spatial transformers (GTSRB: 2 adds one before the 2nd conv block)",
+    "stn_out_size": "side of the spatial transformer's square output (default: the input's)",
+    "antialias": "antialiased sampling where the transformer shrinks the input",
     "seed": "fixes initialization, data order, distortions and dropout",
     "max_train_examples": "use only the first N training examples (quick runs)",
     "validation_examples": "training examples held out for validation",
@@ -74,7 +78,8 @@ def add_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
                           default=default, help=HELP[field.name])
       continue
     kind = {"workdir": str, "data_dir": str, "accelerator": str, "optimizer": str,
-            "schedule": str, "stn": str, "max_train_examples": int}.get(field.name, type(default))
+            "schedule": str, "stn": str, "max_train_examples": int,
+            "stn_out_size": int}.get(field.name, type(default))
     parser.add_argument(f"--{field.name}", type=kind, default=default,
                         choices=choices.get(field.name), help=HELP[field.name])
 
@@ -91,6 +96,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
   if config.learning_rate <= 0 or config.loc_lr_scale < 0:
     parser.error(f"--learning_rate must be > 0 and --loc_lr_scale >= 0, got "
                  f"{config.learning_rate} and {config.loc_lr_scale}")
+  if config.stn_out_size is not None and config.stn_out_size < 1:
+    parser.error(f"--stn_out_size must be >= 1, got {config.stn_out_size}")
   if config.max_train_examples is not None and config.max_train_examples < 1:
     parser.error(f"--max_train_examples must be >= 1, got {config.max_train_examples}")
   return config

@@ -67,7 +67,9 @@ def main(argv=None) -> int:
   return trainer.run_program(
       config, lambda: (make_task(args.dataset, args.distortion, config),
                        models.DigitCnn(num_classes=idx.NUM_CLASSES,
-                                       stn=None if config.stn == "none" else config.stn)),
+                                       stn=None if config.stn == "none" else config.stn,
+                                       stn_out_size=config.stn_out_size,
+                                       antialias=config.antialias)),
       data_errors=(idx.DatasetNotFoundError, idx.DataError))
 
 

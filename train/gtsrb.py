@@ -60,6 +60,9 @@ def parse_args(argv=None):
   config_lib.check_stn(config, parser)
   if config.num_transformers not in (1, 2):
     parser.error(f"--num_transformers must be 1 or 2, got {config.num_transformers}")
+  if config.stn_out_size is not None:
+    parser.error("--stn_out_size: the traffic-sign model's transformers keep the size of "
+                 "their input; use --image_size")
   if args.image_size < 8:
     parser.error(f"--image_size must be >= 8, got {args.image_size}")
   return args, config
@@ -71,7 +74,8 @@ def main(argv=None) -> int:
       config, lambda: (make_task(config, args.image_size, args.crop_roi),
                        models.IdsiaNet(num_classes=gtsrb.NUM_CLASSES,
                                        stn=None if config.stn == "none" else config.stn,
-                                       num_transformers=config.num_transformers)),
+                                       num_transformers=config.num_transformers,
+                                       antialias=config.antialias)),
       data_errors=(gtsrb.DatasetNotFoundError, gtsrb.ArchiveError))
 
 

@@ -23,10 +23,13 @@ class DigitCnn(nn.Module):
   Two convolution + max-pooling stages (32@9x9, 64@7x7, SAME) and a 10-way softmax
   classifier on a 128-unit hidden layer. With `stn`, a spatial transformer of that
   family (the paper's localization net: conv 20@5x5 x2 on a 2x downsampled input,
-  fc 20) warps the input to the input's size first.
+  fc 20) warps the input first, to `stn_out_size` (default: the input's size), with
+  antialiased sampling if `antialias`.
   """
   num_classes: int = 10
   stn: Optional[str] = None
+  stn_out_size: Optional[int] = None
+  antialias: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool = False, return_transform: bool = False):
@@ -35,7 +38,8 @@ class DigitCnn(nn.Module):
     if self.stn:
       x, transform = stnjax.SpatialTransformer(
           localization=stnjax.linen.PaperMnistLocalization(padding="SAME"),
-          transform=self.stn, name="stn_0")(x, return_transform=True)
+          transform=self.stn, out_shape=self.stn_out_size and (self.stn_out_size,) * 2,
+          antialias=self.antialias, name="stn_0")(x, return_transform=True)
     x = nn.max_pool(nn.relu(nn.Conv(32, (9, 9))(x)), (2, 2), (2, 2))
     x = nn.max_pool(nn.relu(nn.Conv(64, (7, 7))(x)), (2, 2), (2, 2))
     x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
@@ -56,6 +60,7 @@ class IdsiaNet(nn.Module):
   stn: Optional[str] = None
   num_transformers: int = 1
   dropout: float = 0.3
+  antialias: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool = False, return_transform: bool = False):
@@ -64,7 +69,7 @@ class IdsiaNet(nn.Module):
     def transformer(x, index):
       x, transform = stnjax.SpatialTransformer(
           localization=stnjax.linen.IdsiaLocalization(), transform=self.stn,
-          name=f"stn_{index}")(x, return_transform=True)
+          antialias=self.antialias, name=f"stn_{index}")(x, return_transform=True)
       transforms.append(transform)
       return x
 

@@ -112,6 +112,7 @@ def distort(kind: str, dataset: jax.Array, indices: jax.Array, seed: int, split:
     split: "train" or "test".
   """
   out_shape(kind)  # Validates kind.
+  dataset = jnp.asarray(dataset)  # Clutter is read at traced indices.
   base = jax.random.fold_in(jax.random.key(seed), SPLIT_IDS[split])
   images = dataset[indices].astype(jnp.float32)[..., None] / 255.0
   keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
