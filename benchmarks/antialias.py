@@ -163,6 +163,8 @@ def parse_args(argv=None):
   parser.add_argument("--repeats", type=int, default=None, help="timed calls per runner")
   parser.add_argument("--json", type=pathlib.Path, help="write the records as JSON here")
   parser.add_argument("--picture", type=pathlib.Path, help="write the zone plate picture here")
+  parser.add_argument("--channels", type=int, nargs="+", default=[1, 3],
+                      help="image channels of the cost cases")
   parser.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.repeats is None:
@@ -178,7 +180,8 @@ def main(argv=None):
   args = parse_args(argv)
   env = sampler.environment(torch_threads=None)
   error_records = errors(args.size)
-  cost_records = costs(warmup=1 if args.quick else 3, repeats=args.repeats, size=args.size)
+  cost_records = costs(warmup=1 if args.quick else 3, repeats=args.repeats, size=args.size,
+                       channels=args.channels)
   print(tables(env, error_records, cost_records))
   if args.json:
     args.json.write_text(json.dumps(

@@ -143,6 +143,7 @@ def squared_stretches(x, y):
 
 
 def _bilinear_spread(coord):
+  """Variance of the two bilinear weights along an axis at coord: f * (1 - f)."""
   fraction = coord - jnp.floor(coord)
   return fraction * (1 - fraction)
 
@@ -173,17 +174,17 @@ def _on_level(x, y, level, table, padding_mode):
   return at_x, at_y + row
 
 
-def _target_spread(plain_spread, long_side, short_side):
+def _target_spread(plain_spread, long_squared, short_squared):
   """The variance a read should have: the box-filtered reference's along the footprint's
-  long side, `long_side / 12 + 1 / 6` (the box, and the bilinear weights within it), and
+  long side, `long_squared / 12 + 1 / 6` (the box, and the bilinear weights within it), and
   more where the plain read sits near a whole pixel (`plain_spread` near 0): there its
   taps pass frequencies up to Nyquist that the box removes, and the part of the blend
   left on it keeps them. That extra is in proportion to the short side, so it does not
   blur anisotropic footprints further. Ramped in from no shrinking (exactly the plain
   read) to a stretch of 2."""
-  ramp = jnp.clip((long_side - _PLAIN_STRETCH_SQUARED) / (4 - _PLAIN_STRETCH_SQUARED), 0, 1)
-  reference = long_side / 12 + 1 / 6
-  extra = _WHOLE_PIXEL_EXTRA * (1 - 4 * plain_spread) * short_side / 12
+  ramp = jnp.clip((long_squared - _PLAIN_STRETCH_SQUARED) / (4 - _PLAIN_STRETCH_SQUARED), 0, 1)
+  reference = long_squared / 12 + 1 / 6
+  extra = _WHOLE_PIXEL_EXTRA * (1 - 4 * plain_spread) * short_squared / 12
   return plain_spread + ramp * jnp.maximum(reference - plain_spread + extra, 0.0)
 
 
@@ -198,12 +199,12 @@ def read(images, coords, padding_mode, align_corners, implementation):
     return _interpolation.read(images, coords, "bilinear", padding_mode, align_corners,
                                implementation)
   on_image = _interpolation.read(images, coords, "bilinear", padding_mode, align_corners,
-                                 implementation)  # Level 0: plain sampling, bit for bit.
-  long_side, short_side = squared_stretches(x, y)
+                                 implementation)  # Level 0: the plain read itself.
+  long_squared, short_squared = squared_stretches(x, y)
   if padding_mode == "reflection":  # Mirrored once, on the image itself.
     x, y = [_interpolation.apply_padding(c, size, padding_mode, align_corners)
             for c, size in zip((x, y), sizes[0][::-1])]
-  target = _target_spread(_spread(x, y, 1.0), long_side, short_side)
+  target = _target_spread(_spread(x, y, 1.0), long_squared, short_squared)
 
   # The lower of the two levels whose spreads bracket the target. Level l's spread lies
   # in [(4**l - 1) / 4, (2 * 4**l - 1) / 4]: the last level whose least spread is within

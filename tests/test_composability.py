@@ -373,9 +373,14 @@ def single_argument(case, args):
 
 
 ALL_CASES = [case.param for case in CASES]
+# For the checks that run every case by default: all but antialiased sampling, whose
+# compiling takes minutes (test_antialias.py checks its jit, vmap and gradients).
+EVERY_CASE = [pytest.param(case, id=case.name,
+                           marks=[pytest.mark.slow] if case.name == "sample-antialias" else [])
+              for case in CASES]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case", EVERY_CASE)
 def test_jit_and_plain_reference(case):
   expected = case.function(*case.args)
   with jax.disable_jit():
@@ -454,7 +459,7 @@ def test_jacobians_linearize_vmap_and_checkpoint(case):
                      grad_of(*case.args), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+@pytest.mark.parametrize("case", EVERY_CASE)
 def test_shard_map_and_export(case):
   loss = scalar_loss(case)
   argnums = tuple(range(len(case.args)))

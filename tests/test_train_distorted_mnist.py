@@ -185,6 +185,14 @@ def test_nan_loss_stops_naming_the_step_and_keeps_good_checkpoints(tiny_idx, tmp
   assert f"The last good checkpoint is step {step - 1} in" in message
 
 
+def test_cluttered_digits_come_from_a_numpy_dataset():
+  """tc reads its clutter at traced indices: the program's NumPy arrays must do."""
+  images = np.random.default_rng(0).integers(0, 256, (5, 28, 28), dtype=np.uint8)
+  canvases = distortions.distort("tc", images, np.array([0, 3]), 0, "train")
+  assert canvases.shape == (2, 60, 60, 1) and 0 <= float(canvases.min()) <= float(canvases.max()) <= 1
+
+
+@pytest.mark.slow
 def test_cluttered_digits_through_a_smaller_antialiased_transformer(tiny_idx, tmp_path):
   """--distortion tc (60x60 canvases with clutter) warped to 30x30, antialiased."""
   workdir = tmp_path / "run"
