@@ -195,11 +195,10 @@ def read(images, coords, padding_mode, align_corners, implementation):
   images = images.astype(jnp.float32)
   sizes = level_sizes(*images.shape[1:3])
   x, y = coords
-  if len(sizes) == 1:
-    return _interpolation.read(images, coords, "bilinear", padding_mode, align_corners,
-                               implementation)
   on_image = _interpolation.read(images, coords, "bilinear", padding_mode, align_corners,
                                  implementation)  # Level 0: the plain read itself.
+  if len(sizes) == 1:  # One pixel: nothing to filter.
+    return on_image
   long_squared, short_squared = squared_stretches(x, y)
   if padding_mode == "reflection":  # Mirrored once, on the image itself.
     x, y = [_interpolation.apply_padding(c, size, padding_mode, align_corners)
