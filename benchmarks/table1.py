@@ -213,6 +213,37 @@ def spread_check(dataset, finished) -> list[str]:
           "|---|---|---|---|---|", *lines]
 
 
+CANONICALIZED = ("r", "rts", "p")  # Distortions with known parameters (train/canonicalization.py).
+
+
+def canonicalization_table(dataset, distortions, finished) -> list[str]:
+  """Per ST-CNN run: the spread of the digits' pose in the input and after the
+  transformer (rotation: circular std in degrees; log scale: std; position: RMS in
+  digit pixels), from results.json."""
+  lines = []
+  for d in [d for d in CANONICALIZED if d in distortions]:
+    for model in MODELS[1:]:
+      for run, results in sorted(cell(finished, dataset, d, model).items(),
+                                 key=lambda item: item[0].seed):
+        spread = results.get("canonicalization") or {}
+        if not spread.get("model"):
+          lines.append(f"| {d.upper()} | {MODEL_NAMES[model]} | {run.seed} | not measured (the "
+                       "run predates the metric) | | | |")
+          continue
+        before, after = spread["input"], spread["model"]
+        ratio = (after["rotation_deg"] / before["rotation_deg"]
+                 if before["rotation_deg"] > 0 else float("nan"))
+        lines.append(
+            f"| {d.upper()} | {MODEL_NAMES[model]} | {run.seed} | {before['rotation_deg']:.1f} -> "
+            f"{after['rotation_deg']:.1f} | {ratio:.2f} | {before['log_scale']:.3f} -> "
+            f"{after['log_scale']:.3f} | {before['translation_px']:.2f} -> "
+            f"{after['translation_px']:.2f} |")
+  if not lines:
+    return []
+  return ["| distortion | model | seed | rotation spread (deg), input -> output | ratio | "
+          "log-scale spread | position spread (px) |", "|---|---|---|---|---|---|---|", *lines]
+
+
 def plot_curves(dataset, finished, runs_dir, path, distortions=DISTORTIONS) -> bool:
   """Validation error per epoch, CNN vs ST-CNNs, for the pictured distortions."""
   import matplotlib
@@ -275,6 +306,13 @@ def write_report(runs, runs_dir, results_md, figures_dir) -> str:
     check = spread_check(dataset, finished)
     if check:
       lines += ["Does the transformer help by more than the seed spread?", "", *check, ""]
+    canonical = canonicalization_table(dataset, distortions, finished)
+    if canonical:
+      lines += ["Does the transformer undo the distortion? The spread over the test set of "
+                "each digit's pose, in the input and in the transformer's output (from the "
+                "known distortion composed with the transformer's grid; "
+                "`train/canonicalization.py`). A ratio of 1: the pose is as varied as in the "
+                "input; 0: every digit comes out the same way.", "", *canonical, ""]
     curves = figures_dir / f"{dataset}_curves{suffix}.png"
     if plot_curves(dataset, finished, runs_dir, curves, distortions):
       lines += [f"![validation error per epoch]({curves.relative_to(results_md.parent)})", ""]

@@ -13,13 +13,14 @@ import report  # noqa: E402
 import table1  # noqa: E402
 
 
-def fake_finished_run(run, runs_dir, error, curve=(0.4, 0.3), budget=None):
+def fake_finished_run(run, runs_dir, error, curve=(0.4, 0.3), budget=None, canonicalization=None):
   """What train.distorted_mnist leaves in a finished run's workdir."""
   workdir = run.workdir(runs_dir)
   (workdir / "pictures").mkdir(parents=True)
   config = dict(table1.BUDGET if budget is None else budget, seed=run.seed)
   (workdir / "results.json").write_text(json.dumps(
-      {"test_error": error, "test_accuracy": 1 - error, "wall_time_s": 30.0, "config": config}))
+      {"test_error": error, "test_accuracy": 1 - error, "wall_time_s": 30.0, "config": config,
+       "canonicalization": canonicalization}))
   (workdir / "metrics.jsonl").write_text("".join(
       json.dumps({"epoch": e + 1, "validation_accuracy": 1 - v}) + "\n"
       for e, v in enumerate(curve)))
@@ -52,8 +53,13 @@ def test_report_tables_spread_pictures_and_wall_times(tmp_path):
   for seed, (cnn, st) in enumerate(((0.30, 0.20), (0.32, 0.21), (0.28, 0.22))):
     fake_finished_run(table1.Run("fashion_mnist", "rts", "none", seed), runs_dir, cnn)
     fake_finished_run(table1.Run("fashion_mnist", "rts", "affine", seed), runs_dir, st)
-  fake_finished_run(table1.Run("fashion_mnist", "r", "affine", 0), runs_dir, 0.1)
+  spreads = {"input": {"rotation_deg": 54.4, "log_scale": 0.0, "translation_px": 0.0},
+             "model": {"rotation_deg": 20.0, "log_scale": 0.1, "translation_px": 1.5}}
+  fake_finished_run(table1.Run("fashion_mnist", "r", "affine", 0), runs_dir, 0.1,
+                    canonicalization=spreads)
   text = table1.write_report(runs, runs_dir, results_md, results_md.parent / "results")
+  assert "| R | ST-CNN affine | 0 | 54.4 -> 20.0 | 0.37 | 0.000 -> 0.100 | 0.00 -> 1.50 |" in text
+  assert "| RTS | ST-CNN affine | 1 | not measured" in text
   rts_cnn = next(line for line in text.splitlines() if line.startswith("| CNN |"))
   assert "30.00 ± 2.00" in rts_cnn and "| 0.8 |" in rts_cnn  # Ours, then the paper's.
   assert "| RTS | ST-CNN affine | 9.00 | 2.00 | yes |" in text

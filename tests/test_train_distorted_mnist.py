@@ -92,10 +92,14 @@ def test_trains_writes_outputs_and_resumes(tiny_idx, tmp_path, capsys):
   extra = ("--eval_batch_size", "12")
   assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "1", *extra)) == 0
   assert [m["epoch"] for m in read_metrics(workdir)] == [1]
-  for name in ("results.json", "pictures/epoch_001.png", "pictures/epochs.gif"):
+  for name in ("results.json", "pictures/epoch_001.png", "pictures/epochs.gif",
+               "pictures/canonicalization.png"):
     assert (workdir / name).is_file(), name
   assert (workdir / "checkpoints").is_dir() and (workdir / "best").is_dir()
   first = check_results_match_checkpoint(tiny_idx, workdir, 5)
+  spread = first["canonicalization"]  # R: uniform rotations, in the input.
+  assert 40 < spread["input"]["rotation_deg"] < 70 and spread["input"]["log_scale"] < 1e-4
+  assert set(spread["model"]) == {"rotation_deg", "log_scale", "translation_px"}
   # The bar's distance from the centre survives rotation: five steps learn it well above
   # chance (0.1). Seen over 6 data and training seeds: accuracy 0.375-0.5, loss 1.75-2.01.
   assert first["test_accuracy"] >= 0.25 and first["test_loss"] < np.log(10) - 0.2

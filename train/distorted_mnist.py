@@ -43,7 +43,10 @@ def make_task(dataset: str, distortion: str, config: config_lib.Config) -> train
       train_data={"images": train_images, "labels": train_labels},
       test_data={"images": test_images, "labels": test_labels},
       train_indices=train_indices, validation_indices=validation_indices,
-      num_test=len(test_images), make_batch=make_batch)
+      num_test=len(test_images), make_batch=make_batch,
+      distortion_thetas=(
+          (lambda indices: distortions.distortion_thetas(distortion, indices, config.seed, "test"))
+          if distortion in distortions.KNOWN_GEOMETRY else None))
 
 
 def parse_args(argv=None):

@@ -16,7 +16,7 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import flax
 import flax.linen as nn
@@ -27,6 +27,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+import stnjax
+from train import canonicalization
 from train import checkpointing
 from train import config as config_lib
 from train import models
@@ -44,6 +46,8 @@ class Task(NamedTuple):
     num_test: number of test examples.
     make_batch: `(data, indices, split) -> (images float32 [B, H, W, C], labels int32 [B])`,
       traced inside the jitted step (so generation runs on the device).
+    distortion_thetas: `(indices) -> [B, 3, 3]`, the known distortion of each test
+      example (see `canonicalization`), or None where there is none.
   """
   name: str
   train_data: Any
@@ -52,6 +56,7 @@ class Task(NamedTuple):
   validation_indices: np.ndarray
   num_test: int
   make_batch: Callable
+  distortion_thetas: Optional[Callable] = None
 
 
 class TrainingDiverged(FloatingPointError):
@@ -131,6 +136,7 @@ class Trainer:
     self.train_step = jax.jit(self._train_step, donate_argnums=0)
     self.eval_step = jax.jit(self._eval_step, static_argnames="split")
     self.transform_step = jax.jit(self._transform_step)
+    self.geometry_step = jax.jit(self._geometry_step)
 
   def init_state(self) -> TrainState:
     images, _ = self.task.make_batch(self.task.train_data, jnp.arange(2), "train")
@@ -172,6 +178,39 @@ class Trainer:
     _, transforms = self.model.apply({"params": state.params, "batch_stats": state.batch_stats},
                                      images, return_transform=True)
     return images, transforms
+
+  def _geometry_step(self, state, data, indices):
+    """Residual geometry of test examples (`canonicalization.residual_geometry`): of the
+    input itself, and after the model's first transformer (None without one)."""
+    images, transforms = self._transform_step(state, data, indices)
+    thetas = self.task.distortion_thetas(indices)
+    identity = jnp.broadcast_to(jnp.eye(2, 3), (images.shape[0], 2, 3))
+    input_geometry = canonicalization.residual_geometry(
+        stnjax.affine_grid(identity, images.shape[1:3]), thetas)
+    if not transforms:
+      return input_geometry, None
+    transform = transforms[0]
+    grid = transform.grid
+    if grid is None:
+      out_shape = (self.config.stn_out_size,) * 2 if self.config.stn_out_size else images.shape[1:3]
+      grid = stnjax.affine_grid(transform.theta, out_shape)
+    return input_geometry, canonicalization.residual_geometry(grid, thetas)
+
+  def canonicalization(self, state):
+    """Spreads of the residual geometry over the test set, of the input and after the
+    transformer, and the per-example values: `(summary, (input, model))`."""
+    parts = []
+    size = self.config.eval_batch_size
+    for start in range(0, self.task.num_test, size):
+      chunk = np.arange(start, min(start + size, self.task.num_test), dtype=np.int32)
+      parts.append(jax.device_get(self.geometry_step(state, self.task.test_data,
+                                                     jax.device_put(chunk, self.replicated))))
+    joined = [None if parts[0][i] is None else
+              {key: np.concatenate([p[i][key] for p in parts]) for key in parts[0][i]}
+              for i in range(2)]
+    summary = {"input": canonicalization.spreads(joined[0]),
+               "model": None if joined[1] is None else canonicalization.spreads(joined[1])}
+    return summary, joined
 
   def evaluate(self, state, split: str):
     """(mean loss, accuracy) over the validation or test examples, full batches and a tail."""
@@ -294,9 +333,18 @@ def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
 
   test_loss, test_accuracy = trainer.evaluate(state, "test")
   visualize.save_animation(workdir / "pictures", workdir / "pictures" / "epochs.gif")
+  residual = None
+  if task.distortion_thetas is not None:
+    residual, (input_geometry, model_geometry) = trainer.canonicalization(state)
+    if model_geometry is not None:
+      canonicalization.save_histograms(workdir / "pictures" / "canonicalization.png",
+                                       input_geometry, model_geometry)
   results = {
       "task": task.name, "test_accuracy": test_accuracy, "test_error": 1 - test_accuracy,
       "test_loss": test_loss, "steps": int(state.step), "epochs": config.num_epochs,
+      # Spreads over the test set: rotation_deg (circular std), log_scale (std),
+      # translation_px (RMS, digit pixels); of the input and after the transformer.
+      "canonicalization": residual,
       "params_sha256": params_digest(state.params),
       "config": dataclasses.asdict(config), "command": sys.argv,
       "versions": {name: _version(name) for name in ("stnjax", "jax", "jaxlib", "flax", "optax",
@@ -305,6 +353,10 @@ def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
       "training_wall_time_s": sum(r.get("wall_time_s", 0.0) for r in history),
   }
   _write_json_atomically(workdir / "results.json", json.dumps(results, indent=1))
+  if residual and residual["model"]:
+    log("spread of the digits' pose (input -> after the transformer): " + ", ".join(
+        f"{name} {residual['input'][name]:.3g} -> {residual['model'][name]:.3g}"
+        for name in residual["input"]))
   log(f"test accuracy {test_accuracy:.4f} (error {100 * (1 - test_accuracy):.2f}%), "
       f"loss {test_loss:.4f}; results in {workdir / 'results.json'}, pictures in "
       f"{workdir / 'pictures'}")

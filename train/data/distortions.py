@@ -25,6 +25,8 @@ import stnjax
 from stnjax import transforms
 
 KINDS = ("none", "r", "rts", "p", "e", "tc")
+# Distortions that are one matrix, so `distortion_thetas` can say what each example got.
+KNOWN_GEOMETRY = ("none", "r", "rts", "p")
 OUT_SIZE = {"none": 28, "r": 28, "rts": 42, "p": 28, "e": 28, "tc": 60}
 SPLIT_IDS = {"train": 0, "test": 1}
 
@@ -54,26 +56,34 @@ def _homography(source, target):
   return jnp.append(solution, 1.0).reshape(3, 3)
 
 
-def _distort_one(kind, image, key, dataset):
-  """One image `[28, 28, 1]` float in [0, 1] -> the distorted `[S, S, 1]`."""
+def _distortion_theta(kind, key):
+  """The theta that distorts the digit (none, r, rts, p): `[2, 3]` affine or `[3, 3]`
+  projective, taking normalized coordinates of the distorted image to the digit's."""
   size = OUT_SIZE[kind]
   if kind == "none":
-    return image
+    return jnp.eye(2, 3)
   if kind == "r":
     angle = jax.random.uniform(key, (), minval=-np.pi / 2, maxval=np.pi / 2)
-    return transforms.warp(transforms.similarity(), jnp.stack([angle, 0.0, 0.0, 0.0]), image)
+    return transforms.similarity().theta(jnp.stack([angle, 0.0, 0.0, 0.0]))
   if kind == "rts":
     angle_key, scale_key, place_key = jax.random.split(key, 3)
     angle = jax.random.uniform(angle_key, (), minval=-np.pi / 4, maxval=np.pi / 4)
     scale = jax.random.uniform(scale_key, (), minval=0.7, maxval=1.2)
     centre = jax.random.uniform(place_key, (2,), minval=size / 2 - 7.5, maxval=size / 2 + 6.5)
     pull = _rotation_pull(angle, scale, jnp.array([13.5, 13.5]), centre)
-    theta = stnjax.theta_from_pixel_matrix(pull, (28, 28), (size, size), inverse_map=True)
-    return stnjax.sample(theta, image, (size, size))
-  if kind == "p":
-    corners = jnp.array([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
-    moved = corners / 0.75 + 0.1 * jax.random.normal(key, (4, 2))
-    return stnjax.sample(_homography(corners, moved), image)
+    return stnjax.theta_from_pixel_matrix(pull, (28, 28), (size, size), inverse_map=True)
+  corners = jnp.array([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
+  moved = corners / 0.75 + 0.1 * jax.random.normal(key, (4, 2))
+  return _homography(corners, moved)
+
+
+def _distort_one(kind, image, key, dataset):
+  """One image `[28, 28, 1]` float in [0, 1] -> the distorted `[S, S, 1]`."""
+  size = OUT_SIZE[kind]
+  if kind == "none":
+    return image
+  if kind in KNOWN_GEOMETRY:
+    return stnjax.sample(_distortion_theta(kind, key), image, (size, size))
   if kind == "e":
     family = transforms.tps((4, 4))
     offsets = 1.5 * (2 / 28) * jax.random.normal(key, (family.num_params,))
@@ -101,6 +111,12 @@ def _translate(image, shift, size, window):
   return jnp.where(window[..., None], stnjax.sample(theta, image, (size, size)), 0.0)
 
 
+def _example_keys(indices, seed, split):
+  """One key per example, from the seed, the split and the example's index."""
+  base = jax.random.fold_in(jax.random.key(seed), SPLIT_IDS[split])
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
+
+
 def distort(kind: str, dataset: jax.Array, indices: jax.Array, seed: int, split: str):
   """Distorted examples `dataset[indices]`: float32 `[B, S, S, 1]` in [0, 1].
 
@@ -113,7 +129,21 @@ def distort(kind: str, dataset: jax.Array, indices: jax.Array, seed: int, split:
   """
   out_shape(kind)  # Validates kind.
   dataset = jnp.asarray(dataset)  # Clutter is read at traced indices.
-  base = jax.random.fold_in(jax.random.key(seed), SPLIT_IDS[split])
   images = dataset[indices].astype(jnp.float32)[..., None] / 255.0
-  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
+  keys = _example_keys(indices, seed, split)
   return jax.vmap(lambda image, key: _distort_one(kind, image, key, dataset))(images, keys)
+
+
+def distortion_thetas(kind: str, indices: jax.Array, seed: int, split: str) -> jax.Array:
+  """The distortion each example of `distort` got, as float32 `[B, 3, 3]` thetas (the
+  last row `(0, 0, 1)` for affine ones): they take normalized coordinates of the
+  distorted image to those of the 28x28 digit. For the distortions in KNOWN_GEOMETRY.
+  """
+  if kind not in KNOWN_GEOMETRY:
+    raise ValueError(f"distortion_thetas knows the distortions {KNOWN_GEOMETRY}, got "
+                     f"{kind!r} (elastic and cluttered ones are not one matrix).")
+  def one(key):
+    theta = _distortion_theta(kind, key)
+    return theta if theta.shape == (3, 3) else jnp.concatenate(
+        [theta, jnp.array([[0.0, 0.0, 1.0]])], axis=0)
+  return jax.vmap(one)(_example_keys(indices, seed, split)).astype(jnp.float32)
