@@ -98,3 +98,14 @@ def test_antialias_benchmark_reports_errors_costs_and_a_picture(tmp_path, capsys
   assert all(r["plain_ms"] > 0 and r["antialiased_ms"] > 0 for r in costs)
   assert json.loads(json_path.read_text())["costs"] == json.loads(json.dumps(costs))
   assert picture.stat().st_size > 1000
+
+
+def test_train_loop_benchmark_compares_the_program_with_its_step(tmp_path, capsys):
+  import train_loop
+  path = tmp_path / "loop.json"
+  alone, whole = train_loop.main(["--steps", "6", "--batch_size", "8", "--turn", "2",
+                                  "--log_every_steps", "2", "--json", str(path)])
+  assert alone > 0 and whole > 0
+  record = json.loads(path.read_text())
+  assert len(record["program_intervals_images_per_s"]) == 2  # Steps 4 and 6; 2 compiles.
+  assert "| ratio, program / step alone |" in capsys.readouterr().out

@@ -1,9 +1,11 @@
 """Training configuration: every default in one place, and the shared command-line flags.
 
     python -m train.distorted_mnist --distortion rts --stn affine --num_epochs 10
+    python -m train.distorted_mnist --config quick
     python -m train.gtsrb --data_dir ~/tensorflow_datasets --accelerator tpu
 
-The defaults of each program (its `DEFAULTS`) override the ones below.
+`Config` holds every setting with its default; the named configs in `train/configs.py`
+change some of them (each program starts from its own); flags change the rest.
 """
 
 import argparse
@@ -17,7 +19,7 @@ import jax
 @dataclasses.dataclass(frozen=True)
 class Config:
   """All settings of a training run (flags of the same names)."""
-  workdir: str = "outputs/run"
+  program: str = "distorted_mnist"  # distorted_mnist | gtsrb: the data and model
   data_dir: Optional[str] = None
   accelerator: Optional[str] = None  # cpu | gpu | tpu; None: JAX's default backend.
   num_epochs: int = 10
@@ -39,10 +41,26 @@ class Config:
   checkpoint_every_steps: int = 200
   keep_checkpoints: int = 3
   distributed: bool = False
+  # None: jax.distributed.initialize() finds them (TPU pods, SLURM, ...).
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+  log_every_steps: int = 20  # the host reads the training metrics this often
+  # distorted_mnist only.
+  dataset: str = "fashion_mnist"  # fashion_mnist | mnist (IDX files in data_dir)
+  distortion: str = "rts"  # none | r | rts | p | e | tc (train/data/distortions.py)
+  # gtsrb only.
+  image_size: int = 32
+  crop_roi: bool = True
+
+
+# The fields only one program reads (its flags; the other program refuses a change).
+PROGRAM_FIELDS = {"distorted_mnist": ("dataset", "distortion"),
+                  "gtsrb": ("image_size", "crop_roi")}
 
 
 HELP = {
-    "workdir": "checkpoints, metrics.jsonl, results.json and pictures/ go here; rerun to resume",
+    "program": "the data and model (set by the program; not a flag)",
     "data_dir": "dataset folder (IDX files; for GTSRB the tfds data_dir)",
     "accelerator": "platform to train on; fails at once if it has no devices",
     "num_epochs": "passes over the training examples",
@@ -64,32 +82,53 @@ HELP = {
     "checkpoint_every_steps": "periodic checkpoint interval (end of epoch always saves)",
     "keep_checkpoints": "latest checkpoints kept (the best one is kept apart)",
     "distributed": "call jax.distributed.initialize() (also when JAX_COORDINATOR_ADDRESS is set)",
+    "coordinator_address": "host:port of process 0's coordinator (with --distributed)",
+    "num_processes": "processes in the run (with --distributed)",
+    "process_id": "this process's index, 0 to num_processes - 1 (with --distributed)",
+    "log_every_steps": "training metrics are read from the device, checked and shown this often",
+    "dataset": "IDX dataset; Fashion-MNIST is found in Debian's folder",
+    "distortion": "the paper's distortion (see train/data/distortions.py)",
+    "image_size": "side of the square inputs",
+    "crop_roi": "crop each image to its annotated region of interest",
 }
+WORKDIR_HELP = "checkpoints, metrics.jsonl, results.json and pictures/ go here; rerun to resume"
 
 
-def add_flags(parser: argparse.ArgumentParser, defaults: Config) -> None:
-  """One flag per Config field, with the program's defaults."""
+def add_flags(parser: argparse.ArgumentParser, configs: dict, default_config: str,
+              default_workdir: str) -> None:
+  """--config (a name in `configs`), --workdir, and one flag per Config field of this
+  program, defaulting to "the chosen config's value"."""
+  parser.add_argument("--config", choices=sorted(configs), default=default_config,
+                      help="named settings (train/configs.py); the flags below change them")
+  parser.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
+  program = configs[default_config]().program
+  others = {f for name, fields in PROGRAM_FIELDS.items() if name != program for f in fields}
   choices = {"accelerator": ("cpu", "gpu", "tpu"), "optimizer": ("adam", "sgd"),
-             "schedule": ("cosine", "constant", "piecewise")}
+             "schedule": ("cosine", "constant", "piecewise"), "dataset": ("fashion_mnist", "mnist"),
+             "distortion": ("none", "r", "rts", "p", "e", "tc")}
+  kinds = {"data_dir": str, "accelerator": str, "max_train_examples": int, "stn_out_size": int,
+           "coordinator_address": str, "num_processes": int, "process_id": int}
   for field in dataclasses.fields(Config):
-    default = getattr(defaults, field.name)
-    if field.type is bool or isinstance(default, bool):
-      parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,
-                          default=default, help=HELP[field.name])
+    if field.name == "program" or field.name in others:
       continue
-    kind = {"workdir": str, "data_dir": str, "accelerator": str, "optimizer": str,
-            "schedule": str, "stn": str, "max_train_examples": int,
-            "stn_out_size": int}.get(field.name, type(default))
-    parser.add_argument(f"--{field.name}", type=kind, default=default,
-                        choices=choices.get(field.name), help=HELP[field.name])
+    if field.type is bool or isinstance(field.default, bool):
+      parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,
+                          default=None, help=HELP[field.name] + " (default: the config's)")
+      continue
+    parser.add_argument(f"--{field.name}", type=kinds.get(field.name, type(field.default)),
+                        default=None, choices=choices.get(field.name),
+                        help=HELP[field.name] + " (default: the config's)")
 
 
-def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Config:
-  """The Config the flags describe; bad values end the program with a usage error."""
-  values = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
-  config = Config(**values)
+def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
+                     configs: dict) -> Config:
+  """The named config with the flags given on top; bad values end the program with a
+  usage error."""
+  changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
+             if getattr(args, f.name, None) is not None}
+  config = dataclasses.replace(configs[args.config](), **changes)
   positive = ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps",
-              "keep_checkpoints", "num_transformers")
+              "keep_checkpoints", "num_transformers", "log_every_steps")
   for name in positive:
     if getattr(config, name) < 1:
       parser.error(f"--{name} must be >= 1, got {getattr(config, name)}")
@@ -117,7 +156,7 @@ def maybe_initialize_distributed(config: Config) -> bool:
   """
   if not (config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return False
-  jax.distributed.initialize()
+  jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
   return True
 
 

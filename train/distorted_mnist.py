@@ -2,6 +2,7 @@
 
     python -m train.distorted_mnist --distortion rts --stn affine          # ST-CNN
     python -m train.distorted_mnist --distortion rts --stn none            # CNN baseline
+    python -m train.distorted_mnist --config table1 --distortion r         # Table 1's budget
 
 Fashion-MNIST by default (Debian's dataset-fashion-mnist works offline), or
 `--dataset mnist` with its IDX files in --data_dir. Distortions: none, r, rts, p, e, tc
@@ -15,16 +16,18 @@ import sys
 import numpy as np
 
 from train import config as config_lib
+from train import configs
 from train import models
 from train import trainer
 from train.data import distortions
 from train.data import idx
 
-DEFAULTS = config_lib.Config(workdir="outputs/distorted_mnist", num_epochs=10, batch_size=128,
-                             learning_rate=1e-3, stn="affine", validation_examples=5000)
+# Missing or malformed data: the program says so in one line.
+DATA_ERRORS = (idx.DatasetNotFoundError, idx.DataError)
 
 
-def make_task(dataset: str, distortion: str, config: config_lib.Config) -> trainer.Task:
+def make_task(config: config_lib.Config) -> trainer.Task:
+  dataset, distortion = config.dataset, config.distortion
   splits = idx.load(dataset, config.data_dir)
   train_images, train_labels = splits["train"]
   test_images, test_labels = splits["test"]
@@ -49,31 +52,30 @@ def make_task(dataset: str, distortion: str, config: config_lib.Config) -> train
           if distortion in distortions.KNOWN_GEOMETRY else None))
 
 
+def build(config: config_lib.Config):
+  """The task and the model a config describes."""
+  model = models.DigitCnn(num_classes=idx.NUM_CLASSES,
+                          stn=None if config.stn == "none" else config.stn,
+                          stn_out_size=config.stn_out_size, antialias=config.antialias)
+  return make_task(config), model
+
+
 def parse_args(argv=None):
+  """(config, workdir) from the command line."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  config_lib.add_flags(parser, DEFAULTS)
-  parser.add_argument("--dataset", choices=("fashion_mnist", "mnist"), default="fashion_mnist",
-                      help="IDX dataset; Fashion-MNIST is found in Debian's folder")
-  parser.add_argument("--distortion", choices=distortions.KINDS, default="rts",
-                      help="the paper's distortion (see train/data/distortions.py)")
+  config_lib.add_flags(parser, configs.DISTORTED_MNIST, "distorted_mnist",
+                       "outputs/distorted_mnist")
   args = parser.parse_args(argv)
-  config = config_lib.config_from_args(args, parser)
+  config = config_lib.config_from_args(args, parser, configs.DISTORTED_MNIST)
   config_lib.check_stn(config, parser)
   if config.num_transformers != 1:
     parser.error("--num_transformers: the digit model takes one transformer")
-  return args, config
+  return config, args.workdir
 
 
 def main(argv=None) -> int:
-  args, config = parse_args(argv)
-  return trainer.run_program(
-      config, lambda: (make_task(args.dataset, args.distortion, config),
-                       models.DigitCnn(num_classes=idx.NUM_CLASSES,
-                                       stn=None if config.stn == "none" else config.stn,
-                                       stn_out_size=config.stn_out_size,
-                                       antialias=config.antialias)),
-      data_errors=(idx.DatasetNotFoundError, idx.DataError))
+  return trainer.run_program(*parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,17 +15,18 @@ import sys
 import numpy as np
 
 from train import config as config_lib
+from train import configs
 from train import models
 from train import trainer
 from train.data import gtsrb
 
-DEFAULTS = config_lib.Config(
-    workdir="outputs/gtsrb", data_dir="~/tensorflow_datasets", num_epochs=10, batch_size=128,
-    learning_rate=1e-3, schedule="piecewise", stn="affine", loc_lr_scale=0.1)
+# Missing or malformed data: the program says so in one line.
+DATA_ERRORS = (gtsrb.DatasetNotFoundError, gtsrb.ArchiveError)
 
 
-def make_task(config: config_lib.Config, image_size: int, crop_roi: bool) -> trainer.Task:
-  splits = gtsrb.load(config.data_dir, image_size, crop_roi)
+def make_task(config: config_lib.Config) -> trainer.Task:
+  image_size = config.image_size
+  splits = gtsrb.load(config.data_dir, image_size, config.crop_roi)
   train_images, train_labels, _ = splits["train"]
   validation_images, validation_labels, _ = splits["validation"]
   test_images, test_labels, _ = splits["test"]
@@ -48,35 +49,34 @@ def make_task(config: config_lib.Config, image_size: int, crop_roi: bool) -> tra
       make_batch=make_batch)
 
 
+def build(config: config_lib.Config):
+  """The task and the model a config describes."""
+  model = models.IdsiaNet(num_classes=gtsrb.NUM_CLASSES,
+                          stn=None if config.stn == "none" else config.stn,
+                          num_transformers=config.num_transformers, antialias=config.antialias)
+  return make_task(config), model
+
+
 def parse_args(argv=None):
+  """(config, workdir) from the command line."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  config_lib.add_flags(parser, DEFAULTS)
-  parser.add_argument("--image_size", type=int, default=32, help="side of the square inputs")
-  parser.add_argument("--crop_roi", action=argparse.BooleanOptionalAction, default=True,
-                      help="crop each image to its annotated region of interest")
+  config_lib.add_flags(parser, configs.GTSRB, "gtsrb", "outputs/gtsrb")
   args = parser.parse_args(argv)
-  config = config_lib.config_from_args(args, parser)
+  config = config_lib.config_from_args(args, parser, configs.GTSRB)
   config_lib.check_stn(config, parser)
   if config.num_transformers not in (1, 2):
     parser.error(f"--num_transformers must be 1 or 2, got {config.num_transformers}")
   if config.stn_out_size is not None:
     parser.error("--stn_out_size: the traffic-sign model's transformers keep the size of "
                  "their input; use --image_size")
-  if args.image_size < 8:
-    parser.error(f"--image_size must be >= 8, got {args.image_size}")
-  return args, config
+  if config.image_size < 8:
+    parser.error(f"--image_size must be >= 8, got {config.image_size}")
+  return config, args.workdir
 
 
 def main(argv=None) -> int:
-  args, config = parse_args(argv)
-  return trainer.run_program(
-      config, lambda: (make_task(config, args.image_size, args.crop_roi),
-                       models.IdsiaNet(num_classes=gtsrb.NUM_CLASSES,
-                                       stn=None if config.stn == "none" else config.stn,
-                                       num_transformers=config.num_transformers,
-                                       antialias=config.antialias)),
-      data_errors=(gtsrb.DatasetNotFoundError, gtsrb.ArchiveError))
+  return trainer.run_program(*parse_args(argv))
 
 
 if __name__ == "__main__":

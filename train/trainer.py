@@ -1,15 +1,21 @@
-"""The training loop shared by the programs: `train_and_evaluate(config, task, model)`.
+"""The training loop shared by the programs: `train_and_evaluate(config, workdir)`.
 
-Resume first, then loop. The step counter lives in the state; the order of examples in
-epoch e is a permutation drawn from (seed, e), and dropout keys come from (seed, step),
-so a run resumed from any checkpoint takes exactly the steps an uninterrupted run takes.
-The running sums of the epoch's training metrics are part of the state for the same
-reason. Data parallel over all devices: the batch is split along a "data" mesh axis,
-parameters are replicated.
+The program's data and model come from the config (`config.program`'s `build`). Resume
+first, then loop. The step counter lives in the state; the order of examples in epoch e
+is a permutation drawn from (seed, e), and dropout keys come from (seed, step), so a run
+resumed from any checkpoint takes exactly the steps an uninterrupted run takes. The
+running sums of the epoch's training metrics are part of the state for the same reason.
+
+The host does not wait for the device at each step: the metric sums stay on the device
+and are read every `log_every_steps` (and before each checkpoint), where a loss that
+stopped being finite is caught. Data parallel over all devices of all processes: the
+batch is split along a "data" mesh axis, each process builds only its share of each
+batch, parameters are replicated, and only process 0 writes files.
 """
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -138,6 +144,19 @@ class Trainer:
     self.transform_step = jax.jit(self._transform_step)
     self.geometry_step = jax.jit(self._geometry_step)
 
+  def global_array(self, value, sharding):
+    """A global array from a host value every process holds in full."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+  def batch_indices(self, indices) -> jax.Array:
+    """A global batch of example indices, split over the devices: each process passes
+    only its own share of it."""
+    share = len(indices) // jax.process_count()
+    local = indices[jax.process_index() * share:(jax.process_index() + 1) * share]
+    return jax.make_array_from_process_local_data(self.batch_sharding,
+                                                  np.asarray(local, np.int32))
+
   def init_state(self) -> TrainState:
     images, _ = self.task.make_batch(self.task.train_data, jnp.arange(2), "train")
     variables = self.model.init(jax.random.key(self.config.seed), images[:1])
@@ -145,7 +164,11 @@ class Trainer:
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        batch_stats=variables.get("batch_stats", {}),
                        opt_state=self.optimizer.init(params), **_zero_sums())
-    return jax.device_put(state, self.replicated)
+    return self.replicate(state)
+
+  def replicate(self, tree):
+    return jax.tree.map(lambda leaf: self.global_array(leaf, self.replicated),
+                        jax.device_get(tree))
 
   def _train_step(self, state, data, indices):
     images, labels = self.task.make_batch(data, indices, "train")
@@ -166,7 +189,7 @@ class Trainer:
         batch_stats=updates.get("batch_stats", state.batch_stats), opt_state=opt_state,
         epoch_loss=state.epoch_loss + loss * count, epoch_correct=state.epoch_correct + correct,
         epoch_count=state.epoch_count + count)
-    return new_state, loss
+    return new_state
 
   def _eval_step(self, state, data, indices, split):
     images, labels = self.task.make_batch(data, indices, split)
@@ -203,8 +226,8 @@ class Trainer:
     size = self.config.eval_batch_size
     for start in range(0, self.task.num_test, size):
       chunk = np.arange(start, min(start + size, self.task.num_test), dtype=np.int32)
-      parts.append(jax.device_get(self.geometry_step(state, self.task.test_data,
-                                                     jax.device_put(chunk, self.replicated))))
+      parts.append(jax.device_get(self.geometry_step(
+          state, self.task.test_data, self.global_array(chunk, self.replicated))))
     joined = [None if parts[0][i] is None else
               {key: np.concatenate([p[i][key] for p in parts]) for key in parts[0][i]}
               for i in range(2)]
@@ -224,9 +247,9 @@ class Trainer:
     size = self.config.eval_batch_size
     for start in range(0, len(indices), size):
       chunk = np.asarray(indices[start:start + size], np.int32)
-      sharding = self.batch_sharding if len(chunk) == size else self.replicated
-      batch_loss, batch_correct = self.eval_step(
-          state, data, jax.device_put(chunk, sharding), name)
+      chunk = (self.batch_indices(chunk) if len(chunk) == size
+               else self.global_array(chunk, self.replicated))
+      batch_loss, batch_correct = self.eval_step(state, data, chunk, name)
       loss_sum += float(batch_loss)
       correct += int(batch_correct)
     return loss_sum / len(indices), correct / len(indices)
@@ -250,16 +273,114 @@ def _write_json_atomically(path: pathlib.Path, text: str) -> None:
   os.replace(partial, path)
 
 
-def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
-                       num_pictured: int = 8, log=print) -> dict:
+class _Interval(NamedTuple):
+  steps: int
+  record: dict  # step, train_loss and train_accuracy of the interval, images_per_s
+
+
+class _MetricReader:
+  """Reads the epoch's metric sums from the device every few steps (the only places
+  the host waits for it) and turns them into the interval's means and throughput."""
+
+  def __init__(self, state, step: int):
+    self.reset(state, step)
+    self.compiling = True  # The first interval of a process includes compilation.
+
+  def reset(self, state, step: int) -> None:
+    """Starts an interval at `step` (after a resume, or an epoch's end)."""
+    self.step, self.sums, self.time = step, self._sums(state), time.time()
+
+  def restart_clock(self) -> None:
+    """Leaves time spent outside the steps (a checkpoint) out of the throughput."""
+    self.time = time.time()
+
+  @staticmethod
+  def _sums(state):
+    return np.asarray(jax.device_get([state.epoch_loss, state.epoch_correct, state.epoch_count]),
+                      np.float64)
+
+  def read(self, state, step: int) -> _Interval:
+    """The interval since the last read. Raises FloatingPointError naming the steps if
+    a loss in it was not finite (it makes the epoch's loss sum so)."""
+    sums, now = self._sums(state), time.time()
+    if not math.isfinite(sums[0]):
+      first = self.step + 1
+      where = f"step {step}" if first == step else f"a step in {first}..{step}"
+      raise FloatingPointError(f"loss is {sums[0]} at {where}")
+    loss, correct, count = sums - self.sums
+    record = {"step": step, "train_loss": loss / max(count, 1),
+              "train_accuracy": correct / max(count, 1),
+              "images_per_s": count / max(now - self.time, 1e-9),
+              "includes_compilation": self.compiling}
+    interval = _Interval(step - self.step, record)
+    self.step, self.sums, self.time, self.compiling = step, sums, now, False
+    return interval
+
+
+class _Files:
+  """What a run writes into its workdir. Only process 0 writes."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.workdir = workdir
+    self.writes = jax.process_index() == 0
+    if self.writes:
+      workdir.mkdir(parents=True, exist_ok=True)
+
+  def epoch_metrics(self, history: list) -> None:
+    if self.writes:
+      _write_json_atomically(self.workdir / "metrics.jsonl",
+                             "".join(json.dumps(r) + "\n" for r in history))
+
+  def train_metrics(self, record: dict) -> None:
+    """One line per metric read; a resumed run appends from its restart."""
+    if self.writes:
+      with open(self.workdir / "train_metrics.jsonl", "a") as lines:
+        lines.write(json.dumps(record) + "\n")
+
+  def epoch_picture(self, epoch: int, images, transforms) -> None:
+    if self.writes:
+      visualize.save_epoch_picture(self.workdir / "pictures" / f"epoch_{epoch:03d}.png",
+                                   np.asarray(images), transforms, epoch)
+
+  def final_pictures(self, geometries) -> None:
+    if not self.writes:
+      return
+    visualize.save_animation(self.workdir / "pictures", self.workdir / "pictures" / "epochs.gif")
+    if geometries is not None and geometries[1] is not None:
+      canonicalization.save_histograms(self.workdir / "pictures" / "canonicalization.png",
+                                       *geometries)
+
+  def results(self, results: dict) -> None:
+    if self.writes:
+      _write_json_atomically(self.workdir / "results.json", json.dumps(results, indent=1))
+
+
+NUM_PICTURED = 8  # Test examples in each epoch's picture.
+
+
+def build(config: Config):
+  """`(task, model)` of the config's program (`train.<program>.build`)."""
+  if config.program not in config_lib.PROGRAM_FIELDS:
+    raise ValueError(f"config.program must be one of {sorted(config_lib.PROGRAM_FIELDS)}, got "
+                     f"{config.program!r}.")
+  return importlib.import_module(f"train.{config.program}").build(config)
+
+
+def train_and_evaluate(config: Config, workdir, log=print) -> dict:
   """Trains (resuming from the workdir), evaluates on the test set, writes results.json.
 
-  Each epoch's picture shows the first `num_pictured` test examples.
+  The devices come from `config.accelerator` (a missing one fails before any data is
+  loaded), the data and model from the config's program. Returns the results.
   """
-  picture_indices = np.arange(min(num_pictured, task.num_test))
+  devices = config_lib.select_devices(config.accelerator)
+  task, model = build(config)
+  return _train(config, pathlib.Path(workdir), task, model, devices,
+                log if jax.process_index() == 0 else lambda *_: None)
+
+
+def _train(config, workdir, task, model, devices, log) -> dict:
   start_time = time.time()
-  workdir = pathlib.Path(config.workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  files = _Files(workdir)
   trainer = Trainer(config, task, model, devices)
   checkpoints = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
   state = trainer.init_state()
@@ -267,92 +388,92 @@ def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state, history = restored
-    state = jax.device_put(state, trainer.replicated)
+    state = trainer.replicate(state)
     log(f"resumed from step {int(state.step)} in {workdir / 'checkpoints'}")
   log(f"{task.name}: {len(task.train_indices)} training, {len(task.validation_indices)} "
       f"validation, {task.num_test} test examples; {trainer.steps_per_epoch} steps per "
-      f"epoch; data parallel over {len(devices)} {devices[0].platform} device(s)")
+      f"epoch; data parallel over {len(devices)} {devices[0].platform} device(s)"
+      + (f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""))
 
-  train_data = jax.device_put(task.train_data, trainer.replicated)
-  total_steps = config.num_epochs * trainer.steps_per_epoch
+  train_data = trainer.replicate(task.train_data)
+  picture_indices = trainer.global_array(np.arange(min(NUM_PICTURED, task.num_test), dtype=np.int32),
+                                         trainer.replicated)
+  steps_per_epoch = trainer.steps_per_epoch
+  total_steps = config.num_epochs * steps_per_epoch
+  step = int(state.step)  # The host's count from here on: no reads of the device's.
+  reader = _MetricReader(state, step)
   try:
-    while int(state.step) < total_steps:
-      epoch, first_batch = divmod(int(state.step), trainer.steps_per_epoch)
+    while step < total_steps:
+      epoch, first_batch = divmod(step, steps_per_epoch)
       order = trainer.epoch_order(epoch)
-      progress = tqdm(total=trainer.steps_per_epoch, initial=first_batch, file=sys.stderr,
+      progress = tqdm(total=steps_per_epoch, initial=first_batch, file=sys.stderr,
                       desc=f"epoch {epoch + 1}/{config.num_epochs}", unit="step",
-                      dynamic_ncols=True, mininterval=1.0)
+                      dynamic_ncols=True, mininterval=1.0, disable=not files.writes)
       epoch_start = time.time()
-      for batch in range(first_batch, trainer.steps_per_epoch):
+      for batch in range(first_batch, steps_per_epoch):
         indices = order[batch * config.batch_size:(batch + 1) * config.batch_size]
-        step = int(state.step)
-        new_state, loss = trainer.train_step(
-            state, train_data, jax.device_put(indices.astype(np.int32), trainer.batch_sharding))
-        loss = float(loss)
-        if not math.isfinite(loss):
-          last = checkpoints.last_step()
-          raise TrainingDiverged(
-              f"loss is {loss} at step {step + 1} (epoch {epoch + 1}); stopped. The last good "
-              f"checkpoint is step {last} in {workdir / 'checkpoints'}."
-              if last is not None else
-              f"loss is {loss} at step {step + 1} (epoch {epoch + 1}); stopped before any "
-              "checkpoint was written.")
-        state = new_state
-        seen = (batch + 1 - first_batch) * config.batch_size
-        progress.update(1)
-        progress.set_postfix(
-            loss=f"{float(state.epoch_loss / state.epoch_count):.4f}",
-            acc=f"{float(state.epoch_correct / state.epoch_count):.4f}",
-            img_s=f"{seen / max(time.time() - epoch_start, 1e-9):.0f}", refresh=False)
-        if int(state.step) % config.checkpoint_every_steps == 0 and batch + 1 < trainer.steps_per_epoch:
-          checkpoints.save(int(state.step), state, history)
+        state = trainer.train_step(state, train_data, trainer.batch_indices(indices))
+        step += 1
+        epoch_ends = batch + 1 == steps_per_epoch
+        save = step % config.checkpoint_every_steps == 0 and not epoch_ends
+        if step % config.log_every_steps == 0 or save or epoch_ends:
+          try:
+            interval = reader.read(state, step)
+          except FloatingPointError as error:
+            raise TrainingDiverged(_diverged_message(error, epoch, checkpoints, workdir)) from None
+          progress.update(interval.steps)
+          progress.set_postfix(loss=f"{interval.record['train_loss']:.4f}",
+                               acc=f"{interval.record['train_accuracy']:.4f}",
+                               img_s=f"{interval.record['images_per_s']:.0f}", refresh=False)
+          files.train_metrics(dict(interval.record, epoch=epoch + 1))
+        if save:
+          checkpoints.save(step, state, history)
+          reader.restart_clock()
       progress.close()
       validation_loss, validation_accuracy = trainer.evaluate(state, "validation")
+      sums = reader.sums
       record = {
-          "epoch": epoch + 1, "step": int(state.step),
-          "train_loss": float(state.epoch_loss / state.epoch_count),
-          "train_accuracy": float(state.epoch_correct / state.epoch_count),
+          "epoch": epoch + 1, "step": step,
+          "train_loss": float(sums[0] / sums[2]), "train_accuracy": float(sums[1] / sums[2]),
           "validation_loss": validation_loss, "validation_accuracy": validation_accuracy,
           # This process's share of the epoch (a resumed epoch counts from the restart).
           "wall_time_s": time.time() - epoch_start,
       }
       history.append(record)
-      state = jax.device_put(state.replace(**_zero_sums()), trainer.replicated)
-      checkpoints.save(int(state.step), state, history,
+      state = state.replace(**{name: trainer.global_array(np.zeros((), np.float32),
+                                                          trainer.replicated)
+                               for name in _zero_sums()})
+      checkpoints.save(step, state, history,
                        validation_accuracy if math.isfinite(validation_accuracy) else None)
-      _write_json_atomically(workdir / "metrics.jsonl",
-                             "".join(json.dumps(r) + "\n" for r in history))
-      images, transforms = trainer.transform_step(state, task.test_data,
-                                                  jnp.asarray(picture_indices, jnp.int32))
-      visualize.save_epoch_picture(workdir / "pictures" / f"epoch_{epoch + 1:03d}.png",
-                                   np.asarray(images), transforms, epoch + 1)
+      files.epoch_metrics(history)
+      files.epoch_picture(epoch + 1, *trainer.transform_step(state, task.test_data,
+                                                             picture_indices))
       log(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in record.items()
                                               if isinstance(v, float)))
+      reader.reset(state, step)
   finally:
     checkpoints.close()
 
   test_loss, test_accuracy = trainer.evaluate(state, "test")
-  visualize.save_animation(workdir / "pictures", workdir / "pictures" / "epochs.gif")
-  residual = None
+  residual = geometries = None
   if task.distortion_thetas is not None:
-    residual, (input_geometry, model_geometry) = trainer.canonicalization(state)
-    if model_geometry is not None:
-      canonicalization.save_histograms(workdir / "pictures" / "canonicalization.png",
-                                       input_geometry, model_geometry)
+    residual, geometries = trainer.canonicalization(state)
+  files.final_pictures(geometries)
   results = {
       "task": task.name, "test_accuracy": test_accuracy, "test_error": 1 - test_accuracy,
-      "test_loss": test_loss, "steps": int(state.step), "epochs": config.num_epochs,
+      "test_loss": test_loss, "steps": step, "epochs": config.num_epochs,
       # Spreads over the test set: rotation_deg (circular std), log_scale (std),
       # translation_px (RMS, digit pixels); of the input and after the transformer.
       "canonicalization": residual,
       "params_sha256": params_digest(state.params),
-      "config": dataclasses.asdict(config), "command": sys.argv,
+      "config": dataclasses.asdict(config), "workdir": str(workdir), "command": sys.argv,
       "versions": {name: _version(name) for name in ("stnjax", "jax", "jaxlib", "flax", "optax",
                                                        "orbax-checkpoint")},
-      "devices": [str(d) for d in devices], "wall_time_s": time.time() - start_time,
+      "devices": [str(d) for d in devices], "processes": jax.process_count(),
+      "wall_time_s": time.time() - start_time,
       "training_wall_time_s": sum(r.get("wall_time_s", 0.0) for r in history),
   }
-  _write_json_atomically(workdir / "results.json", json.dumps(results, indent=1))
+  files.results(results)
   if residual and residual["model"]:
     log("spread of the digits' pose (input -> after the transformer): " + ", ".join(
         f"{name} {residual['input'][name]:.3g} -> {residual['model'][name]:.3g}"
@@ -363,22 +484,28 @@ def train_and_evaluate(config: Config, task: Task, model: nn.Module, devices,
   return results
 
 
-def run_program(config: Config, build: Callable, data_errors: tuple) -> int:
+def _diverged_message(error, epoch, checkpoints, workdir) -> str:
+  last = checkpoints.last_step()
+  return (f"{error} (epoch {epoch + 1}); stopped. " +
+          (f"The last good checkpoint is step {last} in {workdir / 'checkpoints'}."
+           if last is not None else "No checkpoint had been written."))
+
+
+def run_program(config: Config, workdir) -> int:
   """What both programs' main() does after parsing flags: returns the exit code.
 
-  build: `() -> (task, model)`, called after the devices are known (loading data can be
-  slow; a missing accelerator must fail first). Expected failures (no such accelerator,
-  missing or bad data, a diverged loss) print one line and return 2.
+  Expected failures (no such accelerator, missing or bad data, a diverged loss) print
+  one line and return 2.
   """
+  data_errors = importlib.import_module(f"train.{config.program}").DATA_ERRORS
   try:
     config_lib.maybe_initialize_distributed(config)
-    devices = config_lib.select_devices(config.accelerator)
-    task, model = build()
-    train_and_evaluate(config, task, model, devices)
+    train_and_evaluate(config, workdir)
   except (config_lib.AcceleratorError, TrainingDiverged, *data_errors) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   return 0
+
 
 
 def _version(package):

@@ -1,0 +1,62 @@
+"""Named training configs: `--config NAME` picks one, flags change single fields.
+
+Each starts from `Config`'s defaults (train/config.py, where every field is documented)
+and says what result to expect, as measured; CPU figures are from the project's
+2-core machine.
+"""
+
+import dataclasses
+
+from train.config import Config
+
+
+def distorted_mnist() -> Config:
+  """`python -m train.distorted_mnist`: the ST-CNN (affine) on RTS Fashion-MNIST, every
+  training image (55,000 after validation), 10 epochs of batch 128.
+
+  Expected result: not yet measured at this budget (about an hour on 2 CPU cores). The
+  nearest measured budget is `table1`'s.
+  """
+  return Config(program="distorted_mnist", num_epochs=10, batch_size=128, learning_rate=1e-3,
+                stn="affine", distortion="rts", validation_examples=5000)
+
+
+def quick() -> Config:
+  """The README's first command: 3,000 RTS training images, 2 epochs, about a minute on
+  2 CPU cores.
+
+  Expected result: test error 52.8% (seed 0; 51 s of training on 2 CPU cores). A smoke
+  test of the whole program, not a trained model.
+  """
+  return dataclasses.replace(distorted_mnist(), max_train_examples=3000, num_epochs=2)
+
+
+def table1() -> Config:
+  """The budget of every Table 1 run (benchmarks/table1.py): 15,000 training images,
+  4 epochs of batch 32, Adam at 1e-3 with cosine decay. `--distortion` and `--stn`
+  pick the cell.
+
+  Expected result (docs/results.md, test error %, mean ± std over 3 seeds):
+  RTS: CNN (`--stn none`) 27.23 ± 0.11, ST-CNN affine 21.10 ± 0.44;
+  R: CNN 21.53 ± 0.32, ST-CNN affine 22.08 ± 0.23. About 6 minutes a run on RTS and 3
+  on R, on 2 CPU cores.
+  """
+  return dataclasses.replace(distorted_mnist(), max_train_examples=15000, num_epochs=4,
+                             batch_size=32, learning_rate=1e-3, schedule="cosine")
+
+
+def gtsrb() -> Config:
+  """`python -m train.gtsrb`: one affine transformer in front of the IDSIA net on 32x32
+  region-of-interest crops, 10 epochs of batch 128, Adam with x0.1 steps, the
+  localization net at a tenth of the learning rate.
+
+  Expected result: not measured; there is no GTSRB on the project's machines. The paper
+  reports 0.29% test error for its two-transformer model (`--num_transformers 2`).
+  """
+  return Config(program="gtsrb", data_dir="~/tensorflow_datasets", num_epochs=10,
+                batch_size=128, learning_rate=1e-3, schedule="piecewise", stn="affine",
+                loc_lr_scale=0.1)
+
+
+DISTORTED_MNIST = {"distorted_mnist": distorted_mnist, "quick": quick, "table1": table1}
+GTSRB = {"gtsrb": gtsrb}
