@@ -11,6 +11,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -209,9 +210,39 @@ def test_cluttered_digits_through_a_smaller_antialiased_transformer(tiny_idx, tm
   assert np.isfinite(results["test_loss"])
 
 
+def test_distortion_curriculum_grows_from_none():
+  digits = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+  indices = np.arange(8)
+  undistorted = np.asarray(distortions.distort("none", digits, indices, 0, "train"))
+  for kind in ("r", "p", "e"):
+    none = distortions.distort(kind, digits, indices, 0, "train", strength=jnp.float32(0))
+    np.testing.assert_allclose(none, undistorted, atol=1e-5, err_msg=kind)  # P: a solve.
+    full = distortions.distort(kind, digits, indices, 0, "train", strength=jnp.float32(1))
+    np.testing.assert_allclose(full, distortions.distort(kind, digits, indices, 0, "train"),
+                               atol=1e-5, err_msg=kind)
+  # RTS at strength 0: the upright digit, unscaled, in the middle of the 42x42 canvas.
+  canvas = np.asarray(distortions.distort("rts", digits, indices, 0, "train",
+                                          strength=jnp.float32(0)))
+  np.testing.assert_allclose(canvas[:, 7:35, 7:35], undistorted, atol=1e-5)
+  assert canvas.sum() == pytest.approx(undistorted.sum(), rel=1e-5)
+  # Half way: each example's rotation is half its full one.
+  half = distortions._distortion_theta("r", jax.random.key(3), jnp.float32(0.5))
+  full = distortions._distortion_theta("r", jax.random.key(3))
+  np.testing.assert_allclose(np.arctan2(half[1, 0], half[0, 0]),
+                             np.arctan2(full[1, 0], full[0, 0]) / 2, rtol=1e-5)
+
+
+def test_distortion_warmup_trains(tiny_idx, tmp_path):
+  workdir = tmp_path / "run"
+  args = flags(tiny_idx, workdir, "--num_epochs", "1", "--distortion_warmup", "0.5")
+  assert distorted_mnist.main(args) == 0
+  assert json.loads((workdir / "results.json").read_text())["config"]["distortion_warmup"] == 0.5
+
+
 def test_bad_flags_are_rejected(tiny_idx, tmp_path, capsys):
   for bad in (["--stn", "shear"], ["--batch_size", "0"], ["--distortion", "x"],
-              ["--stn_out_size", "0"]):
+              ["--stn_out_size", "0"], ["--distortion_warmup", "2"],
+              ["--distortion", "tc", "--distortion_warmup", "0.5"]):
     with pytest.raises(SystemExit):
       distorted_mnist.main(flags(tiny_idx, tmp_path / "run", *bad))
   assert "--stn must be 'none' or one of" in capsys.readouterr().err

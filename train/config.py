@@ -49,13 +49,14 @@ class Config:
   # distorted_mnist only.
   dataset: str = "fashion_mnist"  # fashion_mnist | mnist (IDX files in data_dir)
   distortion: str = "rts"  # none | r | rts | p | e | tc (train/data/distortions.py)
+  distortion_warmup: float = 0.0  # share of the steps over which distortions grow to full
   # gtsrb only.
   image_size: int = 32
   crop_roi: bool = True
 
 
 # The fields only one program reads (its flags; the other program refuses a change).
-PROGRAM_FIELDS = {"distorted_mnist": ("dataset", "distortion"),
+PROGRAM_FIELDS = {"distorted_mnist": ("dataset", "distortion", "distortion_warmup"),
                   "gtsrb": ("image_size", "crop_roi")}
 
 
@@ -88,6 +89,8 @@ HELP = {
     "log_every_steps": "training metrics are read from the device, checked and shown this often",
     "dataset": "IDX dataset; Fashion-MNIST is found in Debian's folder",
     "distortion": "the paper's distortion (see train/data/distortions.py)",
+    "distortion_warmup": ("share of the training steps over which the training distortions "
+                          "grow linearly from none to full (a curriculum; tests are full)"),
     "image_size": "side of the square inputs",
     "crop_roi": "crop each image to its annotated region of interest",
 }
@@ -137,6 +140,11 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
                  f"{config.learning_rate} and {config.loc_lr_scale}")
   if config.stn_out_size is not None and config.stn_out_size < 1:
     parser.error(f"--stn_out_size must be >= 1, got {config.stn_out_size}")
+  if not 0 <= config.distortion_warmup <= 1:
+    parser.error(f"--distortion_warmup must be in [0, 1], got {config.distortion_warmup}")
+  if config.distortion_warmup and config.distortion not in ("r", "rts", "p", "e"):
+    parser.error(f"--distortion_warmup: distortion {config.distortion!r} has no strength "
+                 "to grow (r, rts, p and e do)")
   if config.max_train_examples is not None and config.max_train_examples < 1:
     parser.error(f"--max_train_examples must be >= 1, got {config.max_train_examples}")
   return config

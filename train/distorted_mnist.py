@@ -37,8 +37,9 @@ def make_task(config: config_lib.Config) -> trainer.Task:
     train_indices = train_indices[:config.max_train_examples]
   validation_indices = np.arange(len(train_images) - validation, len(train_images))
 
-  def make_batch(data, indices, split):
-    images = distortions.distort(distortion, data["images"], indices, config.seed, split)
+  def make_batch(data, indices, split, strength=1.0):
+    images = distortions.distort(distortion, data["images"], indices, config.seed, split,
+                                 strength)
     return images, data["labels"][indices]
 
   return trainer.Task(

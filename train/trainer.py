@@ -51,7 +51,8 @@ class Task(NamedTuple):
     train_indices, validation_indices: example indices into train_data.
     num_test: number of test examples.
     make_batch: `(data, indices, split) -> (images float32 [B, H, W, C], labels int32 [B])`,
-      traced inside the jitted step (so generation runs on the device).
+      traced inside the jitted step (so generation runs on the device). With
+      `config.distortion_warmup` it also takes `strength`, a traced scalar in [0, 1].
     distortion_thetas: `(indices) -> [B, 3, 3]`, the known distortion of each test
       example (see `canonicalization`), or None where there is none.
   """
@@ -171,7 +172,11 @@ class Trainer:
                         jax.device_get(tree))
 
   def _train_step(self, state, data, indices):
-    images, labels = self.task.make_batch(data, indices, "train")
+    curriculum = {}
+    if self.config.distortion_warmup:
+      warmup_steps = self.config.distortion_warmup * self.config.num_epochs * self.steps_per_epoch
+      curriculum["strength"] = jnp.minimum(1.0, (state.step + 1) / warmup_steps)
+    images, labels = self.task.make_batch(data, indices, "train", **curriculum)
     dropout_key = jax.random.fold_in(jax.random.key(self.config.seed + 1), state.step)
 
     def loss_fn(params):

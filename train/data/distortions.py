@@ -56,7 +56,14 @@ def _homography(source, target):
   return jnp.append(solution, 1.0).reshape(3, 3)
 
 
-def _distortion_theta(kind, key):
+def _towards(undistorted, value, strength):
+  """value at strength 1 (exactly: the full distortion), undistorted at 0, linear between."""
+  if isinstance(strength, float) and strength == 1.0:
+    return value
+  return undistorted + (value - undistorted) * strength
+
+
+def _distortion_theta(kind, key, strength=1.0):
   """The theta that distorts the digit (none, r, rts, p): `[2, 3]` affine or `[3, 3]`
   projective, taking normalized coordinates of the distorted image to the digit's."""
   size = OUT_SIZE[kind]
@@ -64,30 +71,33 @@ def _distortion_theta(kind, key):
     return jnp.eye(2, 3)
   if kind == "r":
     angle = jax.random.uniform(key, (), minval=-np.pi / 2, maxval=np.pi / 2)
+    angle = _towards(0.0, angle, strength)
     return transforms.similarity().theta(jnp.stack([angle, 0.0, 0.0, 0.0]))
   if kind == "rts":
     angle_key, scale_key, place_key = jax.random.split(key, 3)
     angle = jax.random.uniform(angle_key, (), minval=-np.pi / 4, maxval=np.pi / 4)
     scale = jax.random.uniform(scale_key, (), minval=0.7, maxval=1.2)
     centre = jax.random.uniform(place_key, (2,), minval=size / 2 - 7.5, maxval=size / 2 + 6.5)
+    angle, scale = _towards(0.0, angle, strength), _towards(1.0, scale, strength)
+    centre = _towards(jnp.full((2,), (size - 1) / 2), centre, strength)
     pull = _rotation_pull(angle, scale, jnp.array([13.5, 13.5]), centre)
     return stnjax.theta_from_pixel_matrix(pull, (28, 28), (size, size), inverse_map=True)
   corners = jnp.array([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]])
   moved = corners / 0.75 + 0.1 * jax.random.normal(key, (4, 2))
-  return _homography(corners, moved)
+  return _homography(corners, _towards(corners, moved, strength))
 
 
-def _distort_one(kind, image, key, dataset):
+def _distort_one(kind, image, key, dataset, strength=1.0):
   """One image `[28, 28, 1]` float in [0, 1] -> the distorted `[S, S, 1]`."""
   size = OUT_SIZE[kind]
   if kind == "none":
     return image
   if kind in KNOWN_GEOMETRY:
-    return stnjax.sample(_distortion_theta(kind, key), image, (size, size))
+    return stnjax.sample(_distortion_theta(kind, key, strength), image, (size, size))
   if kind == "e":
     family = transforms.tps((4, 4))
     offsets = 1.5 * (2 / 28) * jax.random.normal(key, (family.num_params,))
-    return transforms.warp(family, offsets, image, padding_mode="zeros")
+    return transforms.warp(family, _towards(0.0, offsets, strength), image, padding_mode="zeros")
   # tc: the digit somewhere on the canvas, then six 6x6 crops of other digits.
   place_key, clutter_key = jax.random.split(key)
   offset = jax.random.uniform(place_key, (2,), minval=0.0, maxval=size - 28.0).round()
@@ -117,7 +127,12 @@ def _example_keys(indices, seed, split):
   return jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
 
 
-def distort(kind: str, dataset: jax.Array, indices: jax.Array, seed: int, split: str):
+# Distortions that `strength` scales (a curriculum can grow them from nothing).
+GRADED = ("r", "rts", "p", "e")
+
+
+def distort(kind: str, dataset: jax.Array, indices: jax.Array, seed: int, split: str,
+            strength=1.0):
   """Distorted examples `dataset[indices]`: float32 `[B, S, S, 1]` in [0, 1].
 
   Args:
@@ -126,12 +141,17 @@ def distort(kind: str, dataset: jax.Array, indices: jax.Array, seed: int, split:
     indices: int `[B]` example indices.
     seed: the run's seed; with the split and the index it fixes each distortion.
     split: "train" or "test".
+    strength: for the GRADED kinds, a scalar in [0, 1] (may be traced) that scales each
+      example's distortion towards none: its angle, its scale's and its place's
+      departures, its corner or control-point offsets. 1 (the default) is the
+      distortion itself, bit for bit.
   """
   out_shape(kind)  # Validates kind.
   dataset = jnp.asarray(dataset)  # Clutter is read at traced indices.
   images = dataset[indices].astype(jnp.float32)[..., None] / 255.0
   keys = _example_keys(indices, seed, split)
-  return jax.vmap(lambda image, key: _distort_one(kind, image, key, dataset))(images, keys)
+  return jax.vmap(lambda image, key: _distort_one(kind, image, key, dataset, strength))(
+      images, keys)
 
 
 def distortion_thetas(kind: str, indices: jax.Array, seed: int, split: str) -> jax.Array:
