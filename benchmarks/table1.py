@@ -4,6 +4,7 @@
     python benchmarks/table1.py --report_only    # rewrite the report from the runs on disk
     python benchmarks/table1.py --only r,rts --dry_run
     python benchmarks/table1.py --budget long --only r   # R with every training image
+    python benchmarks/table1.py --budget curriculum --only r,rts --models none,affine
 
 Trains the CNN baseline and the ST-CNN (affine, projective, TPS) on each distortion with
 `python -m train.distorted_mnist`, one fixed budget per run (BUDGET), three seeds on R
@@ -39,7 +40,10 @@ BUDGET = {"max_train_examples": 15000, "num_epochs": 4, "batch_size": 32,
           "learning_rate": 1e-3, "schedule": "cosine", "optimizer": "adam"}
 # --budget long: every training image (55,000 after the validation split), 3.7x the
 # steps, for the distortions where the transformer needs longer to learn (R).
-BUDGETS = {"standard": BUDGET, "long": dict(BUDGET, max_train_examples=55000)}
+# --budget curriculum: the same, with the training distortions grown from none to full
+# over the first half of the steps (--distortion_warmup), for CNN and ST-CNN alike.
+BUDGETS = {"standard": BUDGET, "long": dict(BUDGET, max_train_examples=55000),
+           "curriculum": dict(BUDGET, distortion_warmup=0.5)}
 # Test error (%) on distorted MNIST, Jaderberg et al. 2015, Table 1.
 PAPER_MNIST = {
     "none": {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 1.4},
@@ -334,9 +338,10 @@ def write_report(runs, runs_dir, results_md, figures_dir) -> str:
 def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard",
-                      help="standard: the table's budget; long: every training image")
+                      help="standard: the table's budget; long: every training image; "
+                           "curriculum: distortions grown over the first half")
   parser.add_argument("--runs_dir", type=pathlib.Path, default=None,
-                      help="default outputs/table1 (outputs/table1_long for --budget long)")
+                      help="default outputs/table1 (outputs/table1_<budget> for the others)")
   parser.add_argument("--data_dir", type=pathlib.Path, default=None,
                       help="folder of the IDX files (Fashion-MNIST is also found in Debian's)")
   parser.add_argument("--datasets", default="auto",

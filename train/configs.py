@@ -23,12 +23,16 @@ def distorted_mnist() -> Config:
 
 def quick() -> Config:
   """The README's first command: 3,000 RTS training images, 2 epochs, about a minute on
-  2 CPU cores.
+  2 CPU cores; a constant learning rate and a 10x faster localization net, so that the
+  transformer visibly moves within it.
 
-  Expected result: test error 52.8% (seed 0; 51 s of training on 2 CPU cores). A smoke
-  test of the whole program, not a trained model.
+  Expected result (seed 0, 44 s of training on 2 CPU cores): test error 44.0%, and the
+  transformer centres the digits: their position spread falls from 6.21 to 3.58 digit
+  pixels (rotation and scale stay as they came). With the program's defaults at this
+  budget: 52.8% and 6.21 -> 4.90.
   """
-  return dataclasses.replace(distorted_mnist(), max_train_examples=3000, num_epochs=2)
+  return dataclasses.replace(distorted_mnist(), max_train_examples=3000, num_epochs=2,
+                             schedule="constant", loc_lr_scale=10.0)
 
 
 def table1() -> Config:
