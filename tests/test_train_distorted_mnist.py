@@ -1,5 +1,6 @@
 """`python -m train.distorted_mnist` end to end on a tiny generated IDX dataset."""
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,8 +18,11 @@ import pytest
 
 from saved_runs import cross_entropy
 from saved_runs import restore_state
+from train import config as config_lib
+from train import configs
 from train import distorted_mnist
 from train import models
+from train import trainer
 from train.data import distortions
 from train.data import idx
 
@@ -141,6 +145,10 @@ def test_killed_run_resumes_to_identical_results(tiny_idx, tmp_path):
   actual = json.loads((tmp_path / "killed" / "results.json").read_text())
   for key in ("params_sha256", "test_accuracy", "test_loss", "steps"):
     assert actual[key] == expected[key], key
+  # The metric lines written between the last checkpoint and the kill were dropped.
+  steps = [json.loads(line)["step"] for line in
+           (tmp_path / "killed" / "train_metrics.jsonl").read_text().splitlines()]
+  assert steps == list(range(1, 16))
   def without_timing(records):
     return [{k: v for k, v in r.items() if k != "wall_time_s"} for r in records]
   assert (without_timing(read_metrics(tmp_path / "killed"))
@@ -157,6 +165,23 @@ def test_corrupt_checkpoint_is_skipped_with_a_warning(tiny_idx, tmp_path):
   with pytest.warns(UserWarning, match=r"Skipping checkpoint .*checkpoints/5"):
     assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "2")) == 0
   assert json.loads((workdir / "results.json").read_text())["steps"] == 10
+
+
+def test_a_workdir_with_other_settings_is_not_resumed(tiny_idx, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "1")) == 0
+  assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "1", "--stn", "none")) == 2
+  message = capsys.readouterr().err
+  assert "holds a run with other settings (stn 'affine' there, 'none' here)" in message
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4", "5"]
+
+
+def test_settings_a_run_cannot_use_are_named(tiny_idx, tmp_path, capsys):
+  assert distorted_mnist.main(flags(tiny_idx, tmp_path / "run", "--batch_size", "4000")) == 2
+  assert "fewer than one batch of 4000" in capsys.readouterr().err
+  config = dataclasses.replace(configs.gtsrb(), distortion_warmup=0.5)
+  with pytest.raises(config_lib.ConfigError, match="no distortion to grow"):
+    trainer.train_and_evaluate(config, tmp_path / "gtsrb")
 
 
 def test_missing_dataset_fails_fast_with_instructions(tmp_path, capsys):

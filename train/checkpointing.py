@@ -10,6 +10,7 @@ a warning naming it, moved aside to `<step>.corrupt`, and the next older one is 
 import pathlib
 import warnings
 
+import jax
 import orbax.checkpoint as ocp
 
 
@@ -49,8 +50,9 @@ class Checkpoints:
         suffix = 1
         while aside.exists():
           aside, suffix = path.with_name(f"{step}.corrupt{suffix}"), suffix + 1
-        path.rename(aside)  # Kept for inspection; out of the way of new saves.
-        self.latest.reload()
+        if jax.process_index() == 0:  # One process moves it; all go on to the next.
+          path.rename(aside)  # Kept for inspection; out of the way of new saves.
+          self.latest.reload()
         warnings.warn(f"Skipping checkpoint {path}: it cannot be restored "
                       f"({type(error).__name__}: {str(error)[:200]}). Moved it to {aside}; "
                       "trying an older one.")

@@ -100,12 +100,15 @@ WORKDIR_HELP = "checkpoints, metrics.jsonl, results.json and pictures/ go here; 
 def add_flags(parser: argparse.ArgumentParser, configs: dict, default_config: str,
               default_workdir: str) -> None:
   """--config (a name in `configs`), --workdir, and one flag per Config field of this
-  program, defaulting to "the chosen config's value"."""
+  program; a flag left out keeps the chosen config's value."""
   parser.add_argument("--config", choices=sorted(configs), default=default_config,
-                      help="named settings (train/configs.py); the flags below change them")
-  parser.add_argument("--workdir", default=default_workdir, help=WORKDIR_HELP)
-  program = configs[default_config]().program
-  others = {f for name, fields in PROGRAM_FIELDS.items() if name != program for f in fields}
+                      help="named settings (train/configs.py); the flags below change them "
+                           f"(default: {default_config})")
+  parser.add_argument("--workdir", default=default_workdir,
+                      help=f"{WORKDIR_HELP} (default: {default_workdir})")
+  defaults = configs[default_config]()
+  others = {f for name, fields in PROGRAM_FIELDS.items() if name != defaults.program
+            for f in fields}
   choices = {"accelerator": ("cpu", "gpu", "tpu"), "optimizer": ("adam", "sgd"),
              "schedule": ("cosine", "constant", "piecewise"), "dataset": ("fashion_mnist", "mnist"),
              "distortion": ("none", "r", "rts", "p", "e", "tc")}
@@ -114,13 +117,45 @@ def add_flags(parser: argparse.ArgumentParser, configs: dict, default_config: st
   for field in dataclasses.fields(Config):
     if field.name == "program" or field.name in others:
       continue
+    value = str(getattr(defaults, field.name)).replace("%", "%%")
+    help_text = f"{HELP[field.name]} (default: {value} in the {default_config} config)"
     if field.type is bool or isinstance(field.default, bool):
       parser.add_argument(f"--{field.name}", action=argparse.BooleanOptionalAction,
-                          default=None, help=HELP[field.name] + " (default: the config's)")
+                          default=None, help=help_text)
       continue
     parser.add_argument(f"--{field.name}", type=kinds.get(field.name, type(field.default)),
-                        default=None, choices=choices.get(field.name),
-                        help=HELP[field.name] + " (default: the config's)")
+                        default=None, choices=choices.get(field.name), help=help_text)
+
+
+class ConfigError(ValueError):
+  """A setting a run cannot use (the message names the flag and what it expects)."""
+
+
+def check(config: Config) -> None:
+  """Raises ConfigError for settings no run can use."""
+  if config.program not in PROGRAM_FIELDS:
+    raise ConfigError(f"program must be one of {sorted(PROGRAM_FIELDS)}, got {config.program!r}")
+  positive = ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps",
+              "keep_checkpoints", "num_transformers", "log_every_steps")
+  for name in positive:
+    if getattr(config, name) < 1:
+      raise ConfigError(f"--{name} must be >= 1, got {getattr(config, name)}")
+  if config.learning_rate <= 0 or config.loc_lr_scale < 0:
+    raise ConfigError(f"--learning_rate must be > 0 and --loc_lr_scale >= 0, got "
+                      f"{config.learning_rate} and {config.loc_lr_scale}")
+  if config.stn_out_size is not None and config.stn_out_size < 1:
+    raise ConfigError(f"--stn_out_size must be >= 1, got {config.stn_out_size}")
+  if config.validation_examples < 0:
+    raise ConfigError(f"--validation_examples must be >= 0, got {config.validation_examples}")
+  if not 0 <= config.distortion_warmup <= 1:
+    raise ConfigError(f"--distortion_warmup must be in [0, 1], got {config.distortion_warmup}")
+  if config.distortion_warmup and (config.program != "distorted_mnist"
+                                   or config.distortion not in ("r", "rts", "p", "e")):
+    raise ConfigError(f"--distortion_warmup: {config.program} with distortion "
+                      f"{config.distortion!r} has no distortion to grow (distorted_mnist's "
+                      "r, rts, p and e do)")
+  if config.max_train_examples is not None and config.max_train_examples < 1:
+    raise ConfigError(f"--max_train_examples must be >= 1, got {config.max_train_examples}")
 
 
 def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
@@ -130,24 +165,30 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
   changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
              if getattr(args, f.name, None) is not None}
   config = dataclasses.replace(configs[args.config](), **changes)
-  positive = ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps",
-              "keep_checkpoints", "num_transformers", "log_every_steps")
-  for name in positive:
-    if getattr(config, name) < 1:
-      parser.error(f"--{name} must be >= 1, got {getattr(config, name)}")
-  if config.learning_rate <= 0 or config.loc_lr_scale < 0:
-    parser.error(f"--learning_rate must be > 0 and --loc_lr_scale >= 0, got "
-                 f"{config.learning_rate} and {config.loc_lr_scale}")
-  if config.stn_out_size is not None and config.stn_out_size < 1:
-    parser.error(f"--stn_out_size must be >= 1, got {config.stn_out_size}")
-  if not 0 <= config.distortion_warmup <= 1:
-    parser.error(f"--distortion_warmup must be in [0, 1], got {config.distortion_warmup}")
-  if config.distortion_warmup and config.distortion not in ("r", "rts", "p", "e"):
-    parser.error(f"--distortion_warmup: distortion {config.distortion!r} has no strength "
-                 "to grow (r, rts, p and e do)")
-  if config.max_train_examples is not None and config.max_train_examples < 1:
-    parser.error(f"--max_train_examples must be >= 1, got {config.max_train_examples}")
+  try:
+    check(config)
+  except ConfigError as error:
+    parser.error(str(error))
   return config
+
+
+# Settings a resumed run may change: how long, how often, where and on what it runs.
+RESUMABLE_CHANGES = ("num_epochs", "eval_batch_size", "checkpoint_every_steps",
+                     "keep_checkpoints", "log_every_steps", "data_dir", "accelerator",
+                     "distributed", "coordinator_address", "num_processes", "process_id")
+
+
+def check_resumable(saved: dict, config: Config, workdir) -> None:
+  """Raises ConfigError if the run saved in workdir had other settings than config,
+  beyond RESUMABLE_CHANGES."""
+  current = dataclasses.asdict(config)
+  differences = [f"{name} {saved.get(name)!r} there, {value!r} here"
+                 for name, value in current.items()
+                 if name not in RESUMABLE_CHANGES and saved.get(name) != value]
+  if differences:
+    raise ConfigError(f"{workdir} holds a run with other settings ({'; '.join(differences)}); "
+                      "resuming it would mix two runs. Use another --workdir, or the same "
+                      "settings to resume it.")
 
 
 def check_stn(config: Config, parser: argparse.ArgumentParser) -> None:
@@ -158,11 +199,14 @@ def check_stn(config: Config, parser: argparse.ArgumentParser) -> None:
 
 
 def maybe_initialize_distributed(config: Config) -> bool:
-  """Joins a multi-host run when --distributed or JAX_COORDINATOR_ADDRESS asks for one.
+  """Joins a multi-host run when --distributed, JAX_COORDINATOR_ADDRESS or any of the
+  coordinator flags asks for one.
 
   Must run before anything else touches JAX's devices.
   """
-  if not (config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+  asked = (config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")
+           or config.coordinator_address or config.num_processes or config.process_id is not None)
+  if not asked:
     return False
   jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
   return True

@@ -63,8 +63,7 @@ def build(config: config_lib.Config):
 
 def parse_args(argv=None):
   """(config, workdir) from the command line."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   config_lib.add_flags(parser, configs.DISTORTED_MNIST, "distorted_mnist",
                        "outputs/distorted_mnist")
   args = parser.parse_args(argv)

@@ -59,8 +59,7 @@ def build(config: config_lib.Config):
 
 def parse_args(argv=None):
   """(config, workdir) from the command line."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   config_lib.add_flags(parser, configs.GTSRB, "gtsrb", "outputs/gtsrb")
   args = parser.parse_args(argv)
   config = config_lib.config_from_args(args, parser, configs.GTSRB)

@@ -133,11 +133,11 @@ class Trainer:
     for name, size in (("batch_size", config.batch_size),
                        ("eval_batch_size", config.eval_batch_size)):
       if size % len(devices):
-        raise ValueError(f"--{name} {size} must be divisible by the {len(devices)} devices "
+        raise config_lib.ConfigError(f"--{name} {size} must be divisible by the {len(devices)} devices "
                          "it is split over.")
     self.steps_per_epoch = len(task.train_indices) // config.batch_size
     if self.steps_per_epoch < 1:
-      raise ValueError(f"{task.name}: {len(task.train_indices)} training examples are fewer "
+      raise config_lib.ConfigError(f"{task.name}: {len(task.train_indices)} training examples are fewer "
                        f"than one batch of {config.batch_size}.")
     self.optimizer = make_optimizer(config, self.steps_per_epoch)
     self.train_step = jax.jit(self._train_step, donate_argnums=0)
@@ -337,10 +337,25 @@ class _Files:
                              "".join(json.dumps(r) + "\n" for r in history))
 
   def train_metrics(self, record: dict) -> None:
-    """One line per metric read; a resumed run appends from its restart."""
+    """One line per metric read."""
     if self.writes:
       with open(self.workdir / "train_metrics.jsonl", "a") as lines:
         lines.write(json.dumps(record) + "\n")
+
+  def resume_train_metrics(self, step: int) -> None:
+    """Drops the lines past the step a run resumes from (written before a kill)."""
+    path = self.workdir / "train_metrics.jsonl"
+    if self.writes and path.exists():
+      kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+      _write_json_atomically(path, "".join(line + "\n" for line in kept))
+
+  def check_settings(self, config: Config) -> None:
+    """Refuses to resume a run with other settings; records this run's."""
+    path = self.workdir / "config.json"
+    if path.exists():
+      config_lib.check_resumable(json.loads(path.read_text()), config, self.workdir)
+    if self.writes:
+      _write_json_atomically(path, json.dumps(dataclasses.asdict(config), indent=1))
 
   def epoch_picture(self, epoch: int, images, transforms) -> None:
     if self.writes:
@@ -377,6 +392,7 @@ def train_and_evaluate(config: Config, workdir, log=print) -> dict:
   The devices come from `config.accelerator` (a missing one fails before any data is
   loaded), the data and model from the config's program. Returns the results.
   """
+  config_lib.check(config)
   devices = config_lib.select_devices(config.accelerator)
   task, model = build(config)
   return _train(config, pathlib.Path(workdir), task, model, devices,
@@ -386,6 +402,7 @@ def train_and_evaluate(config: Config, workdir, log=print) -> dict:
 def _train(config, workdir, task, model, devices, log) -> dict:
   start_time = time.time()
   files = _Files(workdir)
+  files.check_settings(config)
   trainer = Trainer(config, task, model, devices)
   checkpoints = checkpointing.Checkpoints(workdir, config.keep_checkpoints)
   state = trainer.init_state()
@@ -394,6 +411,7 @@ def _train(config, workdir, task, model, devices, log) -> dict:
   if restored is not None:
     state, history = restored
     state = trainer.replicate(state)
+    files.resume_train_metrics(int(state.step))
     log(f"resumed from step {int(state.step)} in {workdir / 'checkpoints'}")
   log(f"{task.name}: {len(task.train_indices)} training, {len(task.validation_indices)} "
       f"validation, {task.num_test} test examples; {trainer.steps_per_epoch} steps per "
@@ -506,7 +524,8 @@ def run_program(config: Config, workdir) -> int:
   try:
     config_lib.maybe_initialize_distributed(config)
     train_and_evaluate(config, workdir)
-  except (config_lib.AcceleratorError, TrainingDiverged, *data_errors) as error:
+  except (config_lib.AcceleratorError, config_lib.ConfigError, TrainingDiverged,
+          *data_errors) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   return 0
