@@ -5,6 +5,7 @@
     python benchmarks/table1.py --only r,rts --dry_run
     python benchmarks/table1.py --budget long --only r   # R with every training image
     python benchmarks/table1.py --budget curriculum --only r,rts --models none,affine
+    python benchmarks/table1.py --budget recipe --only r,rts --models none,affine
 
 Trains the CNN baseline and the ST-CNN (affine, projective, TPS) on each distortion with
 `python -m train.distorted_mnist`, one fixed budget per run (BUDGET), three seeds on R
@@ -42,8 +43,12 @@ BUDGET = {"max_train_examples": 15000, "num_epochs": 4, "batch_size": 32,
 # steps, for the distortions where the transformer needs longer to learn (R).
 # --budget curriculum: the same, with the training distortions grown from none to full
 # over the first half of the steps (--distortion_warmup), for CNN and ST-CNN alike.
+# --budget recipe: the curriculum at a constant rate with the localization nets at 3x,
+# the screening's best on R (docs/results.md); recipe_long: the same on every image.
+RECIPE = dict(BUDGET, distortion_warmup=0.5, schedule="constant", loc_lr_scale=3.0)
 BUDGETS = {"standard": BUDGET, "long": dict(BUDGET, max_train_examples=55000),
-           "curriculum": dict(BUDGET, distortion_warmup=0.5)}
+           "curriculum": dict(BUDGET, distortion_warmup=0.5),
+           "recipe": RECIPE, "recipe_long": dict(RECIPE, max_train_examples=55000)}
 # Test error (%) on distorted MNIST, Jaderberg et al. 2015, Table 1.
 PAPER_MNIST = {
     "none": {"r": 1.2, "rts": 0.8, "p": 1.5, "e": 1.4},
@@ -239,13 +244,28 @@ def canonicalization_table(dataset, distortions, finished) -> list[str]:
                  if before["rotation_deg"] > 0 else float("nan"))
         lines.append(
             f"| {d.upper()} | {MODEL_NAMES[model]} | {run.seed} | {before['rotation_deg']:.1f} -> "
-            f"{after['rotation_deg']:.1f} | {ratio:.2f} | {before['log_scale']:.3f} -> "
-            f"{after['log_scale']:.3f} | {before['translation_px']:.2f} -> "
-            f"{after['translation_px']:.2f} |")
+            f"{after['rotation_deg']:.1f} | {ratio:.2f} | "
+            f"{_rotation_left(spread.get('rotation_by_input_angle'))} | "
+            f"{before['log_scale']:.3f} -> {after['log_scale']:.3f} | "
+            f"{before['translation_px']:.2f} -> {after['translation_px']:.2f} |")
   if not lines:
     return []
   return ["| distortion | model | seed | rotation spread (deg), input -> output | ratio | "
-          "log-scale spread | position spread (px) |", "|---|---|---|---|---|---|---|", *lines]
+          "rotation left (deg), inputs within ±30° / beyond ±60° | log-scale spread | "
+          "position spread (px) |", "|---|---|---|---|---|---|---|---|", *lines]
+
+
+def _rotation_left(rows) -> str:
+  """Mean absolute rotation left after the transformer, for inputs turned by at most 30
+  degrees and by more than 60 (from results.json's rotation_by_input_angle)."""
+  def mean_left(inside):
+    chosen = [row for row in rows or () if inside(*row["input_deg"])]
+    count = sum(row["count"] for row in chosen)
+    if not count:
+      return "-"
+    return f"{sum(row['abs_residual_deg'] * row['count'] for row in chosen) / count:.1f}"
+  return (f"{mean_left(lambda low, high: low >= -30 and high <= 30)} / "
+          f"{mean_left(lambda low, high: high <= -60 or low >= 60)}")
 
 
 def plot_curves(dataset, finished, runs_dir, path, distortions=DISTORTIONS) -> bool:
@@ -339,7 +359,9 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--budget", choices=sorted(BUDGETS), default="standard",
                       help="standard: the table's budget; long: every training image; "
-                           "curriculum: distortions grown over the first half")
+                           "curriculum: distortions grown over the first half; recipe: "
+                           "that at a constant rate, localization nets at 3x; recipe_long: "
+                           "that on every training image")
   parser.add_argument("--runs_dir", type=pathlib.Path, default=None,
                       help="default outputs/table1 (outputs/table1_<budget> for the others)")
   parser.add_argument("--data_dir", type=pathlib.Path, default=None,

@@ -82,7 +82,10 @@ class SpatialTransformer(nn.Module):
 
   Attributes:
     localization: any module `[B, H, W, C] -> [B, ...]` (flattened); defaults to
-      `TutorialLocalization(padding="SAME")`, which fits any input size.
+      `TutorialLocalization(padding="SAME")`, which fits any input size. Its parameters
+      live under the transformer's `localization`, also when it was built inside
+      another module's `compact` method (Flax would otherwise bind it there); so one
+      module given to two transformers gives each its own copy.
     transform: a family name from `stnjax.transforms.names()` or a `Transform`.
     out_shape: `(Ho, Wo)` of the output; defaults to the input's.
     num_heads: K transformers sharing one localization net (the paper's 2x/4x ST-CNN).
@@ -112,8 +115,13 @@ class SpatialTransformer(nn.Module):
     _heads.check_options(self.num_heads, self.heads, self.method, self.padding_mode,
                          self.implementation, self.antialias)
     family = _heads.resolve_transform(self.transform)
-    localization = self.localization or TutorialLocalization(padding="SAME",
-                                                             name="localization")
+    localization = self.localization
+    if localization is None:
+      localization = TutorialLocalization(padding="SAME", name="localization")
+    elif isinstance(localization.parent, nn.Module) and localization.parent is not self:
+      # Bound to the module that built it: the transformer takes its own copy, so that
+      # a path under the transformer names every parameter it learns.
+      localization = localization.clone(parent=self, name="localization")
     features = localization(x)
     features = features.reshape(features.shape[0], -1)
     bias = _heads.identity_bias(family, self.num_heads)

@@ -78,6 +78,22 @@ def test_the_residual_rotation_is_the_one_left_over():
   np.testing.assert_allclose(geometry["rotation"], angles / 2, atol=1e-5)
 
 
+def test_residual_by_input_angle_shows_where_rotations_are_left():
+  """Rotations within 45 degrees undone, larger ones halved: the table says so per bin."""
+  angles = np.radians(np.linspace(-89.5, 89.5, 180))
+  left = np.where(np.abs(angles) < np.radians(45), 0.0, angles / 2)
+  geometry = lambda rotation: {"rotation": rotation, "log_scale": np.zeros(180),
+                               "position": np.zeros((180, 2))}
+  rows = canonicalization.rotation_by_input_angle(geometry(angles), geometry(left), 15)
+  assert [row["input_deg"] for row in rows] == [[a, a + 15.0] for a in range(-90, 90, 15)]
+  assert sum(row["count"] for row in rows) == 180
+  for row in rows:
+    centre = np.mean(row["input_deg"])
+    expected = 0.0 if abs(centre) < 45 else centre / 2
+    assert abs(row["residual_deg"] - expected) < 0.01, row
+    assert abs(row["abs_residual_deg"] - abs(expected)) < 0.01, row
+
+
 def test_unknown_distortions_are_refused():
   with pytest.raises(ValueError, match="elastic and cluttered"):
     distortions.distortion_thetas("tc", INDICES, 0, "test")

@@ -138,6 +138,23 @@ def test_works_on_feature_maps_inside_a_network():
   assert np.abs(grads["params"]["Conv_0"]["kernel"]).max() > 0
 
 
+def test_the_transformer_owns_a_localization_net_built_in_the_parent():
+  """Built in the parent's compact method, Flax binds a module to the parent; the
+  transformer keeps its parameters under its own `localization`, once per transformer."""
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      shared = stnjax.linen.TutorialLocalization(padding="SAME")
+      x = stnjax.SpatialTransformer(localization=shared, name="first")(x)
+      return stnjax.SpatialTransformer(localization=shared, name="second")(x)
+
+  params = Net().init(jax.random.key(0), random_input())["params"]
+  assert sorted(params) == ["first", "second"]
+  for name in params:
+    assert sorted(params[name]) == ["localization", "regression"]
+    assert "conv_0" in params[name]["localization"]
+
+
 @pytest.mark.parametrize("heads,shape", [("stack", (3, 4, 9, 11, 2)), ("concat", (3, 9, 11, 8))])
 def test_multi_head_shapes_and_heads_diverge_after_a_step(heads, shape):
   x, labels = random_input(), jnp.array([0, 1, 2])

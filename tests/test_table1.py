@@ -54,11 +54,19 @@ def test_report_tables_spread_pictures_and_wall_times(tmp_path):
     fake_finished_run(table1.Run("fashion_mnist", "rts", "none", seed), runs_dir, cnn)
     fake_finished_run(table1.Run("fashion_mnist", "rts", "affine", seed), runs_dir, st)
   spreads = {"input": {"rotation_deg": 54.4, "log_scale": 0.0, "translation_px": 0.0},
-             "model": {"rotation_deg": 20.0, "log_scale": 0.1, "translation_px": 1.5}}
+             "model": {"rotation_deg": 20.0, "log_scale": 0.1, "translation_px": 1.5},
+             "rotation_by_input_angle": [
+                 {"input_deg": [low, low + 15], "count": count, "abs_residual_deg": left,
+                  "residual_deg": left}
+                 for low, count, left in ((-90, 10, 50.0), (-75, 30, 30.0), (-30, 10, 4.0),
+                                          (-15, 10, 2.0), (15, 20, 8.0), (60, 10, 40.0))]}
   fake_finished_run(table1.Run("fashion_mnist", "r", "affine", 0), runs_dir, 0.1,
                     canonicalization=spreads)
   text = table1.write_report(runs, runs_dir, results_md, results_md.parent / "results")
-  assert "| R | ST-CNN affine | 0 | 54.4 -> 20.0 | 0.37 | 0.000 -> 0.100 | 0.00 -> 1.50 |" in text
+  # Rotation left, weighted by count: (10 * 4 + 10 * 2 + 20 * 8) / 40 = 5.5 within 30 degrees,
+  # (10 * 50 + 30 * 30 + 10 * 40) / 50 = 36 beyond 60.
+  assert ("| R | ST-CNN affine | 0 | 54.4 -> 20.0 | 0.37 | 5.5 / 36.0 | 0.000 -> 0.100 | "
+          "0.00 -> 1.50 |") in text
   assert "| RTS | ST-CNN affine | 1 | not measured" in text
   rts_cnn = next(line for line in text.splitlines() if line.startswith("| CNN |"))
   assert "30.00 ± 2.00" in rts_cnn and "| 0.8 |" in rts_cnn  # Ours, then the paper's.

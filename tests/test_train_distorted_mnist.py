@@ -106,6 +106,9 @@ def test_trains_writes_outputs_and_resumes(tiny_idx, tmp_path, capsys):
   spread = first["canonicalization"]  # R: uniform rotations, in the input.
   assert 40 < spread["input"]["rotation_deg"] < 70 and spread["input"]["log_scale"] < 1e-4
   assert set(spread["model"]) == {"rotation_deg", "log_scale", "translation_px"}
+  by_angle = spread["rotation_by_input_angle"]
+  assert by_angle[0]["input_deg"][0] >= -105 and by_angle[-1]["input_deg"][1] <= 105
+  assert sum(row["count"] for row in by_angle) == 32  # Every test example, once.
   # The bar's distance from the centre survives rotation: five steps learn it well above
   # chance (0.1). Seen over 6 data and training seeds: accuracy 0.375-0.5, loss 1.75-2.01.
   assert first["test_accuracy"] >= 0.25 and first["test_loss"] < np.log(10) - 0.2
@@ -173,6 +176,24 @@ def test_a_workdir_with_other_settings_is_not_resumed(tiny_idx, tmp_path, capsys
   assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "1", "--stn", "none")) == 2
   message = capsys.readouterr().err
   assert "holds a run with other settings (stn 'affine' there, 'none' here)" in message
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4", "5"]
+
+
+def test_a_checkpoint_of_another_model_is_named_and_kept(tiny_idx, tmp_path, capsys):
+  """Another version of the model (here: its config.json says the large localization
+  net, as if the program had changed): the run stops, the checkpoints stay."""
+  workdir = tmp_path / "run"
+  assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "1")) == 0
+  saved = json.loads((workdir / "config.json").read_text())
+  (workdir / "config.json").write_text(json.dumps(dict(saved, localization="large")))
+  capsys.readouterr()
+  assert distorted_mnist.main(flags(tiny_idx, workdir, "--num_epochs", "2",
+                                    "--localization", "large")) == 2
+  message = capsys.readouterr().err
+  assert "holds another model's parameters" in message and "left as it is" in message
+  # Same names, other shapes: the paper's 20 filters there, 32 and 64 here.
+  assert "['stn_0']['localization']['conv_0']['bias'] (32,)" in message
+  assert "not in this model: ['stn_0']['localization']['conv_0']['bias'] (20,)" in message
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4", "5"]
 
 
@@ -257,17 +278,32 @@ def test_distortion_curriculum_grows_from_none():
                              np.arctan2(full[1, 0], full[0, 0]) / 2, rtol=1e-5)
 
 
-def test_distortion_warmup_trains(tiny_idx, tmp_path):
+def test_distortion_warmup_and_the_large_localization_net_train(tiny_idx, tmp_path):
   workdir = tmp_path / "run"
-  args = flags(tiny_idx, workdir, "--num_epochs", "1", "--distortion_warmup", "0.5")
+  args = flags(tiny_idx, workdir, "--num_epochs", "1", "--distortion_warmup", "0.5",
+               "--localization", "large")
   assert distorted_mnist.main(args) == 0
-  assert json.loads((workdir / "results.json").read_text())["config"]["distortion_warmup"] == 0.5
+  config = json.loads((workdir / "results.json").read_text())["config"]
+  assert config["distortion_warmup"] == 0.5 and config["localization"] == "large"
+  params = restore_state((workdir / "checkpoints" / "5" / "state").resolve())["params"]
+  localization = params["stn_0"]["localization"]
+  assert localization["conv_1"]["kernel"].shape == (5, 5, 32, 64)
+  assert localization["dense_0"]["kernel"].shape[-1] == 64
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path):
+  saved = dataclasses.asdict(configs.table1())
+  del saved["localization"]  # A workdir written before the field was added.
+  config_lib.check_resumable(saved, configs.table1(), tmp_path)
+  with pytest.raises(config_lib.ConfigError, match="localization 'paper' there, 'large' here"):
+    config_lib.check_resumable(saved, dataclasses.replace(configs.table1(), localization="large"),
+                               tmp_path)
 
 
 def test_bad_flags_are_rejected(tiny_idx, tmp_path, capsys):
   for bad in (["--stn", "shear"], ["--batch_size", "0"], ["--distortion", "x"],
               ["--stn_out_size", "0"], ["--distortion_warmup", "2"],
-              ["--distortion", "tc", "--distortion_warmup", "0.5"]):
+              ["--distortion", "tc", "--distortion_warmup", "0.5"], ["--localization", "huge"]):
     with pytest.raises(SystemExit):
       distorted_mnist.main(flags(tiny_idx, tmp_path / "run", *bad))
   assert "--stn must be 'none' or one of" in capsys.readouterr().err

@@ -20,6 +20,23 @@ def test_localization_nets_get_their_learning_rate_scale():
   np.testing.assert_allclose(updates["Dense_0"]["bias"], -1.0)
 
 
+def test_every_localization_parameter_of_the_models_gets_the_scale():
+  """The localization nets' convolutions and dense layers, not only the regression, are
+  under `stn_*` (a net built in the model's own method would otherwise be bound there)."""
+  for model, shape in ((models.DigitCnn(stn="affine"), (1, 28, 28, 1)),
+                       (models.DigitCnn(stn="affine", localization="large"), (1, 28, 28, 1)),
+                       (models.IdsiaNet(stn="affine", num_transformers=2), (1, 32, 32, 3))):
+    params = model.init(jax.random.key(0), jnp.ones(shape))["params"]
+    labels = jax.tree_util.tree_map_with_path(
+        lambda path, _: models.is_localization(path), params)
+    assert not any(jax.tree.leaves(
+        {name: tree for name, tree in labels.items() if not name.startswith("stn_")}))
+    for name in [n for n in params if n.startswith("stn_")]:
+      assert sorted(params[name]) == ["localization", "regression"]
+      assert all(jax.tree.leaves(labels[name]))
+      assert "conv_0" in params[name]["localization"]
+
+
 def test_is_localization_reads_the_module_path():
   params = {"stn_1": {"localization": {"conv_0": {"kernel": 0}}}, "Conv_0": {"kernel": 0}}
   labels = jax.tree_util.tree_map_with_path(lambda path, _: models.is_localization(path), params)

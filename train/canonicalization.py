@@ -63,6 +63,29 @@ def spreads(geometry: dict) -> dict:
   }
 
 
+def rotation_by_input_angle(input_geometry: dict, model_geometry: dict, bin_deg: float = 15.0
+                            ) -> list:
+  """How much rotation is left, by how much the input was rotated: per bin of the
+  input's rotation (the distortion's own angle, 0 upright), the mean and the mean
+  absolute rotation after the transformer (about its circular mean), in degrees. A
+  transformer that undoes small rotations but not large ones shows a residual that
+  grows towards the ends.
+  """
+  before = np.degrees(np.asarray(input_geometry["rotation"], np.float64))
+  after = _centred_rotation_deg(model_geometry["rotation"])
+  low = bin_deg * math.floor(before.min() / bin_deg)
+  high = bin_deg * (math.floor(before.max() / bin_deg) + 1)
+  rows = []
+  for start in np.arange(low, high, bin_deg):
+    inside = (before >= start) & (before < start + bin_deg)
+    if inside.any():
+      rows.append({"input_deg": [float(start), float(start + bin_deg)],
+                   "count": int(inside.sum()),
+                   "residual_deg": float(after[inside].mean()),
+                   "abs_residual_deg": float(np.abs(after[inside]).mean())})
+  return rows
+
+
 def _centred_rotation_deg(rotation):
   """Rotations in degrees about their circular mean, in (-180, 180]."""
   rotation = np.asarray(rotation, np.float64)

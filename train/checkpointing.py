@@ -5,6 +5,8 @@
 and orbax finalizes a step by an atomic rename, so a kill mid-save leaves the previous
 steps intact. A checkpoint that cannot be restored (truncated, corrupt) is skipped with
 a warning naming it, moved aside to `<step>.corrupt`, and the next older one is tried.
+One that reads but holds another model's parameters (another version of the program)
+is left where it is, and the run stops with `CheckpointMismatch`, naming the parameters.
 """
 
 import pathlib
@@ -12,6 +14,36 @@ import warnings
 
 import jax
 import orbax.checkpoint as ocp
+
+
+class CheckpointMismatch(Exception):
+  """The workdir's checkpoint holds parameters of another model than this run's."""
+
+
+def _param_shapes(tree) -> dict:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_same_params(directory: pathlib.Path, abstract_state) -> None:
+  """Raises CheckpointMismatch if the saved state's parameter names or shapes differ from
+  the model's; returns quietly if they match or the metadata cannot be read (corruption
+  is found, and handled, by the restore)."""
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      saved = _param_shapes(checkpointer.metadata(directory).item_metadata["params"])
+  except Exception:  # noqa: BLE001 (unreadable metadata: the restore decides)
+    return
+  wanted = _param_shapes(abstract_state.params)
+  if saved != wanted:
+    missing = sorted(f"{k} {v}" for k, v in wanted.items() if saved.get(k) != v)
+    unexpected = sorted(f"{k} {v}" for k, v in saved.items() if wanted.get(k) != v)
+    raise CheckpointMismatch(
+        f"{directory.parent} holds another model's parameters (missing there: "
+        f"{', '.join(missing[:3]) or 'none'}{' ...' if len(missing) > 3 else ''}; not in this "
+        f"model: {', '.join(unexpected[:3]) or 'none'}{' ...' if len(unexpected) > 3 else ''}); "
+        "it was written by another version of the model. It is left as it is: use another "
+        "--workdir, or the version that wrote it to resume.")
 
 
 class Checkpoints:
@@ -40,6 +72,8 @@ class Checkpoints:
   def restore_latest(self, abstract_state):
     """`(state, history)` of the newest checkpoint that restores, or None if there is none."""
     for step in sorted(self.latest.all_steps(), reverse=True):
+      _check_same_params(pathlib.Path(self.latest.directory) / str(step) / "state",
+                         abstract_state)
       try:
         restored = self.latest.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), history=ocp.args.JsonRestore()))

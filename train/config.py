@@ -50,13 +50,15 @@ class Config:
   dataset: str = "fashion_mnist"  # fashion_mnist | mnist (IDX files in data_dir)
   distortion: str = "rts"  # none | r | rts | p | e | tc (train/data/distortions.py)
   distortion_warmup: float = 0.0  # share of the steps over which distortions grow to full
+  localization: str = "paper"  # the transformer's localization net: paper | large (models.py)
   # gtsrb only.
   image_size: int = 32
   crop_roi: bool = True
 
 
 # The fields only one program reads (its flags; the other program refuses a change).
-PROGRAM_FIELDS = {"distorted_mnist": ("dataset", "distortion", "distortion_warmup"),
+PROGRAM_FIELDS = {"distorted_mnist": ("dataset", "distortion", "distortion_warmup",
+                                      "localization"),
                   "gtsrb": ("image_size", "crop_roi")}
 
 
@@ -91,6 +93,8 @@ HELP = {
     "distortion": "the paper's distortion (see train/data/distortions.py)",
     "distortion_warmup": ("share of the training steps over which the training distortions "
                           "grow linearly from none to full (a curriculum; tests are full)"),
+    "localization": ("the transformer's localization net: paper (2x downsampled, conv 20@5x5 "
+                     "x2, fc 20) or large (full resolution, conv 32@5x5 and 64@5x5, fc 64)"),
     "image_size": "side of the square inputs",
     "crop_roi": "crop each image to its annotated region of interest",
 }
@@ -111,7 +115,8 @@ def add_flags(parser: argparse.ArgumentParser, configs: dict, default_config: st
             for f in fields}
   choices = {"accelerator": ("cpu", "gpu", "tpu"), "optimizer": ("adam", "sgd"),
              "schedule": ("cosine", "constant", "piecewise"), "dataset": ("fashion_mnist", "mnist"),
-             "distortion": ("none", "r", "rts", "p", "e", "tc")}
+             "distortion": ("none", "r", "rts", "p", "e", "tc"),
+             "localization": tuple(_localizations())}
   kinds = {"data_dir": str, "accelerator": str, "max_train_examples": int, "stn_out_size": int,
            "coordinator_address": str, "num_processes": int, "process_id": int}
   for field in dataclasses.fields(Config):
@@ -129,6 +134,11 @@ def add_flags(parser: argparse.ArgumentParser, configs: dict, default_config: st
 
 class ConfigError(ValueError):
   """A setting a run cannot use (the message names the flag and what it expects)."""
+
+
+def _localizations():
+  from train import models  # Flax and stnjax: imported when a program starts, not before.
+  return models.DIGIT_LOCALIZATIONS
 
 
 def check(config: Config) -> None:
@@ -154,6 +164,9 @@ def check(config: Config) -> None:
     raise ConfigError(f"--distortion_warmup: {config.program} with distortion "
                       f"{config.distortion!r} has no distortion to grow (distorted_mnist's "
                       "r, rts, p and e do)")
+  if config.localization not in _localizations():
+    raise ConfigError(f"--localization must be one of {sorted(_localizations())}, got "
+                      f"{config.localization!r}")
   if config.max_train_examples is not None and config.max_train_examples < 1:
     raise ConfigError(f"--max_train_examples must be >= 1, got {config.max_train_examples}")
 
@@ -182,9 +195,11 @@ def check_resumable(saved: dict, config: Config, workdir) -> None:
   """Raises ConfigError if the run saved in workdir had other settings than config,
   beyond RESUMABLE_CHANGES."""
   current = dataclasses.asdict(config)
-  differences = [f"{name} {saved.get(name)!r} there, {value!r} here"
+  # A field newer than the saved run had its default there.
+  defaults = {f.name: f.default for f in dataclasses.fields(Config)}
+  differences = [f"{name} {saved.get(name, defaults[name])!r} there, {value!r} here"
                  for name, value in current.items()
-                 if name not in RESUMABLE_CHANGES and saved.get(name) != value]
+                 if name not in RESUMABLE_CHANGES and saved.get(name, defaults[name]) != value]
   if differences:
     raise ConfigError(f"{workdir} holds a run with other settings ({'; '.join(differences)}); "
                       "resuming it would mix two runs. Use another --workdir, or the same "

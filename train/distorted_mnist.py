@@ -57,7 +57,8 @@ def build(config: config_lib.Config):
   """The task and the model a config describes."""
   model = models.DigitCnn(num_classes=idx.NUM_CLASSES,
                           stn=None if config.stn == "none" else config.stn,
-                          stn_out_size=config.stn_out_size, antialias=config.antialias)
+                          stn_out_size=config.stn_out_size, antialias=config.antialias,
+                          localization=config.localization)
   return make_task(config), model
 
 

@@ -17,19 +17,31 @@ def is_localization(path) -> bool:
   return any(str(getattr(p, "key", p)).startswith("stn_") for p in path)
 
 
+# The localization nets DigitCnn can put in its transformer (layer specs, stnjax._layers).
+DIGIT_LOCALIZATIONS = {
+    # The paper's: conv 20@5x5 x2 on a 2x downsampled input, fc 20.
+    "paper": stnjax.linen.PaperMnistLocalization.layers,
+    # Full resolution, wider: it tells which way is up where the paper's cannot (R).
+    "large": (("conv", 32, 5), ("relu",), ("max_pool", 2),
+              ("conv", 64, 5), ("relu",), ("max_pool", 2),
+              ("flatten",), ("dense", 64), ("relu",)),
+}
+
+
 class DigitCnn(nn.Module):
   """The paper's CNN baseline for distorted MNIST, optionally behind an ST (ST-CNN).
 
   Two convolution + max-pooling stages (32@9x9, 64@7x7, SAME) and a 10-way softmax
   classifier on a 128-unit hidden layer. With `stn`, a spatial transformer of that
-  family (the paper's localization net: conv 20@5x5 x2 on a 2x downsampled input,
-  fc 20) warps the input first, to `stn_out_size` (default: the input's size), with
-  antialiased sampling if `antialias`.
+  family (its localization net from DIGIT_LOCALIZATIONS; "paper": conv 20@5x5 x2 on a
+  2x downsampled input, fc 20) warps the input first, to `stn_out_size` (default: the
+  input's size), with antialiased sampling if `antialias`.
   """
   num_classes: int = 10
   stn: Optional[str] = None
   stn_out_size: Optional[int] = None
   antialias: bool = False
+  localization: str = "paper"
 
   @nn.compact
   def __call__(self, x, *, train: bool = False, return_transform: bool = False):
@@ -37,7 +49,8 @@ class DigitCnn(nn.Module):
     transform = None
     if self.stn:
       x, transform = stnjax.SpatialTransformer(
-          localization=stnjax.linen.PaperMnistLocalization(padding="SAME"),
+          localization=stnjax.linen.Localization(
+              layers=DIGIT_LOCALIZATIONS[self.localization], padding="SAME"),
           transform=self.stn, out_shape=self.stn_out_size and (self.stn_out_size,) * 2,
           antialias=self.antialias, name="stn_0")(x, return_transform=True)
     x = nn.max_pool(nn.relu(nn.Conv(32, (9, 9))(x)), (2, 2), (2, 2))

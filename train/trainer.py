@@ -238,6 +238,8 @@ class Trainer:
               for i in range(2)]
     summary = {"input": canonicalization.spreads(joined[0]),
                "model": None if joined[1] is None else canonicalization.spreads(joined[1])}
+    if joined[1] is not None and summary["input"]["rotation_deg"] > ROTATION_BINNED_ABOVE_DEG:
+      summary["rotation_by_input_angle"] = canonicalization.rotation_by_input_angle(*joined)
     return summary, joined
 
   def evaluate(self, state, split: str):
@@ -376,6 +378,9 @@ class _Files:
 
 
 NUM_PICTURED = 8  # Test examples in each epoch's picture.
+# Distortions that turn digits by more than this (degrees of spread: R, RTS) also get the
+# residual rotation per bin of the input's rotation in results.json.
+ROTATION_BINNED_ABOVE_DEG = 5.0
 
 
 def build(config: Config):
@@ -517,15 +522,15 @@ def _diverged_message(error, epoch, checkpoints, workdir) -> str:
 def run_program(config: Config, workdir) -> int:
   """What both programs' main() does after parsing flags: returns the exit code.
 
-  Expected failures (no such accelerator, missing or bad data, a diverged loss) print
-  one line and return 2.
+  Expected failures (no such accelerator, missing or bad data, a diverged loss, a
+  workdir of other settings or another model) print one line and return 2.
   """
   data_errors = importlib.import_module(f"train.{config.program}").DATA_ERRORS
   try:
     config_lib.maybe_initialize_distributed(config)
     train_and_evaluate(config, workdir)
   except (config_lib.AcceleratorError, config_lib.ConfigError, TrainingDiverged,
-          *data_errors) as error:
+          checkpointing.CheckpointMismatch, *data_errors) as error:
     print(f"error: {error}", file=sys.stderr)
     return 2
   return 0
