@@ -174,3 +174,9 @@ def test_long_budget_has_its_own_runs_section_and_pictures(tmp_path, capsys):
                       str(runs_dir), "--results_md", str(results_md)])
   page = results_md.read_text()
   assert code == 0 and "| CNN | 20.00 ± 0.00 |" in page and "| ST-CNN TPS | - |" in page
+
+
+def test_the_recipe_budget_is_the_recipe_config():
+  from train import configs
+  for name, value in table1.BUDGETS["recipe"].items():
+    assert getattr(configs.recipe(), name) == value, name
