@@ -2,6 +2,7 @@
 
     python benchmarks/against_release.py                     # against a9b2363
     python benchmarks/against_release.py --revision REV --implementation xla
+    python benchmarks/against_release.py --revision REV --dims 3 --modes grad_theta_image
 
 The earlier revision's `stnjax/` is taken from git (`git archive`) into a temporary
 folder as the package `stnjax_release` (its compiled kernel is not built there, so
@@ -55,6 +56,8 @@ def main(argv=None):
   parser.add_argument("--modes", nargs="+", choices=sampler.MODES,
                       default=["forward", "grad_theta"])
   parser.add_argument("--repeats", type=int, default=21)
+  parser.add_argument("--dims", type=int, choices=(2, 3), default=None,
+                      help="only the image (2) or volume (3) cases")
   args = parser.parse_args(argv)
   with tempfile.TemporaryDirectory() as folder:
     release = import_revision(args.revision, folder)
@@ -63,6 +66,8 @@ def main(argv=None):
           f"(implementation={args.implementation!r}); median ms; ratio = earlier / current\n")
     print("| shape | mode | torch | earlier | current | ratio |\n|---|---|---|---|---|---|")
     for case in sampler.CASES:
+      if args.dims is not None and len(case.spatial) != args.dims:
+        continue
       inputs = sampler.make_inputs(case)
       for mode in args.modes:
         runners = {"earlier": sampler.jax_runner(earlier, case, mode, inputs),

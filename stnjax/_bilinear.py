@@ -16,7 +16,8 @@ in their nonlinear arguments by plain autodiff of the reference code in `_corner
 derivatives of every order and mode hold. Batching folds the mapped axis into the
 image batch. Each lowers to the reference code; on the CPU the backward pieces run
 over two halves of the batch (`_corners.in_two_chunks`) with written-out channel sums,
-and the 2-D image gradient runs in the compiled kernel for `implementation="cpu_kernel"`.
+the coordinate gradient's components in one loop, and the 2-D image gradient in the
+compiled kernel for `implementation="cpu_kernel"`.
 
 Shapes: images float32 `[B, *spatial, C]` with spatial `(H, W)` or `(D, H, W)`;
 coords `(x, y)` or `(x, y, z)` and their tangents float32 `[B, N]` (padding applied);
@@ -125,8 +126,8 @@ def _image_gradient_cpu_lowering(ctx, cotangent, *coords, spatial, implementatio
 
 def _coordinate_cotangent_on_cpu(cotangent, images, *coords):
   return list(_corners.in_two_chunks(
-      functools.partial(_corners.coordinate_cotangent, unrolled=True), cotangent, images,
-      *coords))
+      functools.partial(_corners.coordinate_cotangent, unrolled=True, one_loop=True),
+      cotangent, images, *coords))
 
 
 for _primitive in _PRIMITIVES:

@@ -197,17 +197,36 @@ def _channel_sum(values, unrolled):
   return sum(values[..., c] for c in range(values.shape[-1]))
 
 
-def coordinate_cotangent(cotangent, images, *coords, unrolled=False):
+def coordinate_cotangent(cotangent, images, *coords, unrolled=False, one_loop=False):
   """The transpose of `coordinate_tangent` in its tangents: the cotangents of the
-  coordinates, each `[B, ...]`, from the cotangent `[B, ..., C]` of the reads."""
+  coordinates, each `[B, ...]`, from the cotangent `[B, ..., C]` of the reads.
+
+  `unrolled`: channel sums written out (`_channel_sum`); `one_loop`: the components
+  computed together (`in_one_loop`). Both for XLA:CPU.
+  """
   found, fractions = corners(coords, images.shape[1:-1])
   rows = _rows(images)
   # Each corner's read meets the cotangent once (a gather with one consumer fuses into
   # it); the weights' slopes then combine the products.
   products = [jnp.where(inside, _channel_sum(cotangent * rows[index], unrolled), 0.0)
               for index, inside in found]
-  return tuple(sum(slope * product for slope, product in zip(axis_slopes, products))
-               for axis_slopes in slopes(fractions))
+  cotangents = tuple(sum(slope * product for slope, product in zip(axis_slopes, products))
+                     for axis_slopes in slopes(fractions))
+  return in_one_loop(cotangents) if one_loop else cotangents
+
+
+def in_one_loop(arrays):
+  """`arrays` (of one shape) computed in one XLA loop, as the results of one reduction.
+
+  XLA:CPU gives each separate result its own loop, and the gathered values they share
+  are then written to memory and read back by each; a variadic reduction computes all
+  of its results at each point. The reduced axis has length 2 (a zero pads it): XLA
+  turns a reduction over a single element into a reshape.
+  """
+  padded = tuple(jnp.stack([a, jnp.zeros_like(a)], axis=-1) for a in arrays)
+  zeros = tuple(jnp.zeros((), a.dtype) for a in arrays)
+  return jax.lax.reduce(padded, zeros,
+                        lambda x, y: tuple(a + b for a, b in zip(x, y)), (arrays[0].ndim,))
 
 
 def in_two_chunks(function, *arrays):

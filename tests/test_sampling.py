@@ -328,3 +328,24 @@ def test_many_channels_give_the_gradients_of_each_channel(method):
   np.testing.assert_allclose(grad_theta, sum(g for g, _ in per_channel), rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(grad_image, jnp.concatenate([g for _, g in per_channel], -1),
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial,channels", [((6, 7), 1), ((6, 7), 3), ((4, 5, 6), 1),
+                                               ((4, 5, 6), 2)])
+def test_the_cpu_forms_of_the_coordinate_gradient_equal_the_plain_one(spatial, channels):
+  # The CPU lowering writes channel sums out and computes the components in one loop
+  # (a variadic reduction); the values must not change.
+  from stnjax import _corners
+  batch, points = 3, 50
+  rng = np.random.default_rng(0)
+  images = random_image((batch,) + spatial + (channels,))
+  coords = tuple(jnp.asarray(rng.uniform(-1.5, size + 0.5, (batch, points)), jnp.float32)
+                 for size in spatial[::-1])
+  cotangent = random_image((batch, points, channels), seed=1)
+  plain = _corners.coordinate_cotangent(cotangent, images, *coords)
+  for unrolled, one_loop in [(True, False), (False, True), (True, True)]:
+    cpu_form = jax.jit(functools.partial(_corners.coordinate_cotangent, unrolled=unrolled,
+                                         one_loop=one_loop))(cotangent, images, *coords)
+    assert len(cpu_form) == len(spatial)
+    for got, want in zip(cpu_form, plain):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
