@@ -159,13 +159,16 @@ class Trainer:
                                                   np.asarray(local, np.int32))
 
   def init_state(self) -> TrainState:
-    images, _ = self.task.make_batch(self.task.train_data, jnp.arange(2), "train")
-    variables = self.model.init(jax.random.key(self.config.seed), images[:1])
-    params = variables["params"]
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats=variables.get("batch_stats", {}),
-                       opt_state=self.optimizer.init(params), **_zero_sums())
-    return self.replicate(state)
+    def initial_state(data):
+      images, _ = self.task.make_batch(data, jnp.arange(2), "train")
+      variables = self.model.init(jax.random.key(self.config.seed), images[:1])
+      params = variables["params"]
+      return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                        batch_stats=variables.get("batch_stats", {}),
+                        opt_state=self.optimizer.init(params), **_zero_sums())
+
+    # One compiled program: run eagerly, every initializer and shape compiles on its own.
+    return self.replicate(jax.jit(initial_state)(self.task.train_data))
 
   def replicate(self, tree):
     return jax.tree.map(lambda leaf: self.global_array(leaf, self.replicated),
