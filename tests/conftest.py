@@ -1,12 +1,31 @@
-"""Shared fixtures: the stored PyTorch reference outputs."""
+"""Shared fixtures: the stored PyTorch reference outputs; a compilation cache for the run."""
 
+import atexit
+import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 
 FIXTURE_PATH = pathlib.Path(__file__).parent / "fixtures" / "torch_reference.npz"
+
+
+def _share_compiled_programs():
+  """One JAX compilation cache for this test run: its xdist workers and the training
+  programs the tests start as subprocesses (several compile the same train step)
+  reuse each other's compiled programs. Made by the first process, which removes it at
+  exit; a cache the caller chose is left alone."""
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    folder = tempfile.mkdtemp(prefix="stnjax-test-compile-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+  jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+
+
+_share_compiled_programs()
 
 
 def load_reference_cases():
