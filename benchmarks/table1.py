@@ -30,7 +30,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import report  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # For train.data.idx when run as a script.
+sys.path.insert(0, str(REPO))  # For train when run as a script.
+from train import configs  # noqa: E402
 DISTORTIONS = ("r", "rts", "p", "e")
 MODELS = ("none", "affine", "projective", "tps")
 MODEL_NAMES = {"none": "CNN", "affine": "ST-CNN affine", "projective": "ST-CNN projective",
@@ -46,7 +47,8 @@ BUDGET = {"max_train_examples": 15000, "num_epochs": 4, "batch_size": 32,
 # --budget recipe: the curriculum with the large localization net, the screening's best
 # on R (docs/results.md; the CNN has no localization net, so only the curriculum changes
 # it); recipe_long: the same on every training image.
-RECIPE = dict(BUDGET, distortion_warmup=0.5, localization="large")
+RECIPE = dict(BUDGET, **{name: getattr(configs.recipe(), name)
+                         for name in ("distortion_warmup", "localization")})
 BUDGETS = {"standard": BUDGET, "long": dict(BUDGET, max_train_examples=55000),
            "curriculum": dict(BUDGET, distortion_warmup=0.5),
            "recipe": RECIPE, "recipe_long": dict(RECIPE, max_train_examples=55000)}

@@ -167,8 +167,10 @@ class Trainer:
                         batch_stats=variables.get("batch_stats", {}),
                         opt_state=self.optimizer.init(params), **_zero_sums())
 
-    # One compiled program: run eagerly, every initializer and shape compiles on its own.
-    return self.replicate(jax.jit(initial_state)(self.task.train_data))
+    # One compiled program (eagerly, every initializer and shape compiles on its own),
+    # given only the two examples it reads.
+    first_two = jax.tree.map(lambda array: array[:2], self.task.train_data)
+    return self.replicate(jax.jit(initial_state)(first_two))
 
   def replicate(self, tree):
     return jax.tree.map(lambda leaf: self.global_array(leaf, self.replicated),
