@@ -14,18 +14,35 @@ FIXTURE_PATH = pathlib.Path(__file__).parent / "fixtures" / "torch_reference.npz
 
 
 def _share_compiled_programs():
-  """One JAX compilation cache for this test run: its xdist workers and the training
-  programs the tests start as subprocesses (several compile the same train step)
-  reuse each other's compiled programs. Made by the first process, which removes it at
-  exit; a cache the caller chose is left alone."""
+  """One JAX compilation cache for this test run, for all its programs: its xdist
+  workers and the training programs the tests start as subprocesses (several compile
+  the same train step) reuse each other's compiled programs. Made by the first
+  process, which removes it at exit; a cache the caller chose is left alone."""
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     folder = tempfile.mkdtemp(prefix="stnjax-test-compile-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    # Every program, however quick to compile: the parity tests run op by op, and each
+    # worker would otherwise compile each operation's shapes again.
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)))
 
 
 _share_compiled_programs()
+
+
+@pytest.fixture
+def fast_compiles():
+  """XLA's cheap compile mode (`jax_disable_most_optimizations`, as JAX's own tests run):
+  for tests that compile hundreds of small programs and compare them to tolerances.
+  Graph-level rewrites still run; the machine code is less optimized. Tests of exact
+  equality and of speed keep the compiler's defaults."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", previous)
 
 
 def load_reference_cases():
@@ -54,8 +71,9 @@ _CASE_PARAMS = [
 
 
 @pytest.fixture(params=_CASE_PARAMS)
-def reference_case(request):
-  """One stored case, with `jax.disable_jit()` in force for the eager runs."""
+def reference_case(request, fast_compiles):
+  """One stored case, with `jax.disable_jit()` in force for the eager runs (compiled
+  ones compare to tolerances: `fast_compiles`)."""
   name, execution = request.param
   case = dict(REFERENCE_CASES[name])
   method, padding_mode, align_corners = (str(v) for v in case.pop("options"))

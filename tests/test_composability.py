@@ -26,6 +26,9 @@ from stnjax import _cpu_kernel
 from stnjax import _interpolation
 from stnjax import transforms
 
+# Every check here compares to a tolerance, over hundreds of compiled programs.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 IN_SHAPE = (5, 7)
 OUT_SHAPE = (3, 4)
 # s = 0.54 and t = 0.09 keep every sampled point >= 0.1 px from whole and half pixels
@@ -378,7 +381,7 @@ def single_argument(case, args):
 
 
 ALL_CASES = [case.param for case in CASES]
-# For the checks that run every case by default: all but antialiased sampling, whose
+# For jit against the plain call, every case by default but antialiased sampling, whose
 # compiling takes minutes (test_antialias.py checks its jit, vmap and gradients).
 EVERY_CASE = [pytest.param(case, id=case.name,
                            marks=[pytest.mark.slow] if case.name == "sample-antialias" else [])
@@ -466,7 +469,7 @@ def test_jacobians_linearize_vmap_and_checkpoint(case):
                      grad_of(*case.args), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", EVERY_CASE)
+@pytest.mark.parametrize("case", ALL_CASES)
 def test_shard_map_and_export(case):
   loss = scalar_loss(case)
   argnums = tuple(range(len(case.args)))
