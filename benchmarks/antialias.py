@@ -13,9 +13,10 @@ square, mapped through theta. The ratio is antialiased over plain; the bound is 
 issue's (0.5 at 2x and for anisotropic footprints, 0.3 at 4x and 8x with rotations;
 none for the projective and 3x rows, which are shown for what they are).
 
-Cost: a batch of 8 images, 256 x 256, warped to 64 x 64 (4x shrinking, a different
-rotation per image), plain and antialiased in turns of a few calls, the first of each
-turn untimed; medians, forward and forward + backward to theta and image.
+Cost: a batch of 8 images, 256 x 256 and 512 x 512 (`--cost_sizes`), warped to a
+quarter of the size (4x shrinking, a different rotation per image), plain and
+antialiased in turns of a few calls, the first of each turn untimed; medians, forward
+and forward + backward to theta and image.
 """
 
 import argparse
@@ -88,7 +89,12 @@ def errors(size=SIZE):
   return records
 
 
-def costs(warmup, repeats, size=SIZE, channels=(1, 3), batch=8):
+def costs(warmup, repeats, sizes=(SIZE,), channels=(1, 3), batch=8):
+  return [record for size in sizes
+          for record in costs_at(warmup, repeats, size, channels, batch)]
+
+
+def costs_at(warmup, repeats, size, channels, batch):
   records = []
   out = size // 4
   angles = np.deg2rad(np.arange(batch) * 10.0)
@@ -165,8 +171,12 @@ def parse_args(argv=None):
   parser.add_argument("--picture", type=pathlib.Path, help="write the zone plate picture here")
   parser.add_argument("--channels", type=int, nargs="+", default=[1, 3],
                       help="image channels of the cost cases")
+  parser.add_argument("--cost_sizes", type=int, nargs="+", default=[SIZE, 2 * SIZE],
+                      help="input sizes of the cost cases (square, warped to a quarter)")
   parser.add_argument("--size", type=int, default=SIZE, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if min(args.cost_sizes) < 4:
+    parser.error(f"--cost_sizes must be >= 4 (warped to a quarter), got {args.cost_sizes}")
   if args.repeats is None:
     args.repeats = 6 if args.quick else 30
   if args.repeats < 1:
@@ -180,8 +190,8 @@ def main(argv=None):
   args = parse_args(argv)
   env = sampler.environment(torch_threads=None)
   error_records = errors(args.size)
-  cost_records = costs(warmup=1 if args.quick else 3, repeats=args.repeats, size=args.size,
-                       channels=args.channels)
+  cost_records = costs(warmup=1 if args.quick else 3, repeats=args.repeats,
+                       sizes=args.cost_sizes, channels=args.channels)
   print(tables(env, error_records, cost_records))
   if args.json:
     args.json.write_text(json.dumps(

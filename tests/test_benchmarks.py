@@ -88,11 +88,12 @@ def test_training_benchmark_runs_the_tutorial_model(capsys, tmp_path):
 
 def test_antialias_benchmark_reports_errors_costs_and_a_picture(tmp_path, capsys):
   json_path, picture = tmp_path / "antialias.json", tmp_path / "zone_plate.png"
-  errors, costs = antialias.main(["--size", "32", "--repeats", "1", "--quick", "--channels",
-                                  "1", "--json", str(json_path), "--picture", str(picture)])
+  errors, costs = antialias.main(["--size", "32", "--cost_sizes", "16", "32", "--repeats", "1",
+                                  "--quick", "--channels", "1", "--json", str(json_path),
+                                  "--picture", str(picture)])
   table = capsys.readouterr().out
   assert "| case | output |" in table and "| shape | mode |" in table
-  assert len(errors) == len(antialias.ERROR_CASES) and len(costs) == 2
+  assert len(errors) == len(antialias.ERROR_CASES) and len(costs) == 4
   # Antialiasing helps wherever the issue sets a bound, even on a 32 x 32 zone plate.
   assert all(r["ratio"] < 1 for r in errors if r["bound"] is not None)
   assert all(r["plain_ms"] > 0 and r["antialiased_ms"] > 0 for r in costs)
