@@ -22,12 +22,12 @@ def _share_compiled_programs():
     folder = tempfile.mkdtemp(prefix="stnjax-test-compile-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
     # Every program, however quick to compile: the parity tests run op by op, and each
-    # worker would otherwise compile each operation's shapes again.
+    # worker would otherwise compile each operation's shapes again. JAX reads the
+    # variable at import (the workers and subprocesses); this process has imported it.
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
   jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-  jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                    float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1.0)))
 
 
 _share_compiled_programs()
