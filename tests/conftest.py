@@ -1,6 +1,7 @@
 """Shared fixtures: the stored PyTorch reference outputs; a compilation cache for the run."""
 
 import atexit
+import contextlib
 import os
 import pathlib
 import shutil
@@ -33,16 +34,39 @@ def _share_compiled_programs():
 _share_compiled_programs()
 
 
+@contextlib.contextmanager
+def _cheap_compiles():
+  """XLA's cheap compile mode (`jax_disable_most_optimizations`, as JAX's own tests run),
+  here and in the programs started meanwhile (they read the variable at import).
+  Graph-level rewrites still run; the machine code is less optimized."""
+  previous = jax.config.read("jax_disable_most_optimizations")
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+      yield
+    finally:
+      jax.config.update("jax_disable_most_optimizations", previous)
+
+
 @pytest.fixture
 def fast_compiles():
-  """XLA's cheap compile mode (`jax_disable_most_optimizations`, as JAX's own tests run):
-  for tests that compile hundreds of small programs and compare them to tolerances.
-  Graph-level rewrites still run; the machine code is less optimized. Tests of exact
-  equality and of speed keep the compiler's defaults."""
-  previous = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", previous)
+  """`_cheap_compiles` for tests that compile hundreds of small programs and compare them
+  to tolerances. Tests of exact equality and of speed keep the compiler's defaults."""
+  with _cheap_compiles():
+    yield
+
+
+@pytest.fixture(scope="module")
+def fast_training_compiles():
+  """`_cheap_compiles` for a module of end-to-end runs (training programs, benchmark
+  scripts checked for what they report, not timed), whose time is mostly compiling; the
+  runs a test compares with each other (a resume, a second process) compile alike. JAX's in-memory caches, which do not key on the mode, are
+  cleared after, so that no test that keeps the defaults reuses a program from here (the
+  persistent cache's key includes it)."""
+  with _cheap_compiles():
+    yield
+  jax.clear_caches()
 
 
 def load_reference_cases():

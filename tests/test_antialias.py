@@ -50,6 +50,7 @@ def error_ratio(theta, image, out_shape, **options):
 
 # The issue's bounds: 0.5 at 2x and anisotropic, 0.3 at 4x and 8x with rotations.
 # Measured on a 256 zone plate by benchmarks/antialias.py; 128 here to stay quick.
+@pytest.mark.usefixtures("fast_compiles")
 @pytest.mark.parametrize("name,theta,out_shape,bound", [
     ("2x", rotation(0), (64, 64), 0.5),
     ("4x, rotated 30", rotation(30), (32, 32), 0.3),
@@ -138,6 +139,7 @@ def test_constant_image_stays_constant_inside():
   np.testing.assert_allclose(out, 0.25, rtol=1e-6)
 
 
+@pytest.mark.usefixtures("fast_compiles")
 def test_gradients_match_finite_differences():
   """To theta and image, forward and reverse, on a footprint between levels 1 and 2."""
   image = jnp.asarray(np.random.default_rng(1).uniform(size=(8, 12, 2)), jnp.float32)

@@ -15,6 +15,9 @@ import sampler  # noqa: E402
 
 import stnjax  # noqa: E402
 
+# The scripts run here for what they report; their timings are not checked.
+pytestmark = pytest.mark.usefixtures("fast_training_compiles")
+
 
 @pytest.mark.parametrize("peer", ["textbook", "map_coordinates", "dm_pix"])
 def test_peers_agree_with_stnjax(peer):

@@ -129,6 +129,7 @@ def test_gradient_with_respect_to_theta_only_skips_the_image_gradient():
   assert _cpu_kernel.TARGET not in compiled.as_text()
 
 
+@pytest.mark.usefixtures("fast_compiles")
 @needs_kernel
 def test_second_derivatives_and_forward_mode_through_the_kernel():
   theta, image, cotangent = random_case((2,), (6, 7), (5, 4), 3, scale=0.3)

@@ -77,6 +77,7 @@ def test_gradient_wrt_translation_is_nonzero_at_identity():
   assert np.all(np.abs(grad[:, 2]) > 1e-3), grad
 
 
+@pytest.mark.usefixtures("fast_compiles")
 class VariantsTest(parameterized.TestCase):
   """Each public function, jitted and not, against PyTorch's stored values and gradients."""
 
@@ -138,6 +139,7 @@ def test_vmap_matches_batched_call():
   np.testing.assert_allclose(jax.vmap(lambda t: stnjax.affine_grid(t, (4, 6)))(theta), grid)
 
 
+@pytest.mark.usefixtures("fast_compiles")
 @pytest.mark.parametrize("method", ["bilinear", "bicubic"])
 @pytest.mark.parametrize("padding_mode", PADDING_MODES)
 def test_numeric_gradients(method, padding_mode):
@@ -153,6 +155,7 @@ def test_numeric_gradients(method, padding_mode):
                             atol=2e-2, rtol=2e-2)
 
 
+@pytest.mark.usefixtures("fast_compiles")
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32])
 @pytest.mark.parametrize("method", METHODS)
 def test_float_dtypes_are_kept(dtype, method):
@@ -317,6 +320,7 @@ def test_bad_input_messages(function, args, kwargs, error, message):
     function(*args, **kwargs)
 
 
+@pytest.mark.usefixtures("fast_compiles")
 @pytest.mark.parametrize("method", ["bilinear", "bicubic"])
 def test_many_channels_give_the_gradients_of_each_channel(method):
   # Above 16 channels the CPU path reduces over channels instead of writing sums out.

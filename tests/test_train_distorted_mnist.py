@@ -28,6 +28,8 @@ from train.data import idx
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.usefixtures("fast_training_compiles")
+
 
 @pytest.fixture(scope="module")
 def tiny_idx(tmp_path_factory):

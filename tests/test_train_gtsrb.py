@@ -16,6 +16,8 @@ from train import gtsrb as gtsrb_program
 from train import models
 from train.data import gtsrb
 
+pytestmark = pytest.mark.usefixtures("fast_training_compiles")
+
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):

@@ -3,10 +3,13 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from train import models
 from train import trainer
 from train.config import Config
+
+pytestmark = pytest.mark.usefixtures("fast_training_compiles")
 
 
 def test_localization_nets_get_their_learning_rate_scale():

@@ -42,6 +42,7 @@ def test_identity_params_return_the_image_exactly(name, method, align_corners):
                                align_corners=align_corners), atol=1e-6)
 
 
+@pytest.mark.usefixtures("fast_compiles")
 @pytest.mark.parametrize("name", transforms.names(dims=2))
 def test_gradients_reach_every_parameter(name):
   family = transforms.get(name)

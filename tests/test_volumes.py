@@ -112,6 +112,7 @@ def test_quarter_turn_about_z_permutes_the_volume():
 
 
 # Second order: the sample-volume case of test_composability.py.
+@pytest.mark.usefixtures("fast_compiles")
 @pytest.mark.parametrize("padding_mode,order", [("zeros", 1), ("border", 1), ("reflection", 1)])
 def test_gradients_match_finite_differences(padding_mode, order):
   volume = random_volume((1, 3, 4, 5, 2), seed=3)
