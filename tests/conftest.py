@@ -51,8 +51,11 @@ def _cheap_compiles():
 
 @pytest.fixture
 def fast_compiles():
-  """`_cheap_compiles` for tests that compile hundreds of small programs and compare them
-  to tolerances. Tests of exact equality and of speed keep the compiler's defaults."""
+  """`_cheap_compiles` for tests that compile many programs and compare them to
+  tolerances. Tests of exact equality and of speed keep the compiler's defaults, and so
+  do comparisons of two programs to a few roundings (atol 1e-6): one of them may come
+  from JAX's in-memory cache, compiled in the other mode, and the two modes round
+  differently."""
   with _cheap_compiles():
     yield
 
@@ -61,9 +64,10 @@ def fast_compiles():
 def fast_training_compiles():
   """`_cheap_compiles` for a module of end-to-end runs (training programs, benchmark
   scripts checked for what they report, not timed), whose time is mostly compiling; the
-  runs a test compares with each other (a resume, a second process) compile alike. JAX's in-memory caches, which do not key on the mode, are
-  cleared after, so that no test that keeps the defaults reuses a program from here (the
-  persistent cache's key includes it)."""
+  runs a test compares with each other (a resume, a second process) compile alike.
+  JAX's in-memory caches, which do not key on the mode, are cleared after, so that no
+  test that keeps the defaults reuses a program from here (the persistent cache's key
+  includes it)."""
   with _cheap_compiles():
     yield
   jax.clear_caches()
