@@ -55,19 +55,22 @@ def fast_compiles():
   tolerances. Tests of exact equality and of speed keep the compiler's defaults, and so
   do comparisons of two programs to a few roundings (atol 1e-6): one of them may come
   from JAX's in-memory cache, compiled in the other mode, and the two modes round
-  differently."""
+  differently. (The identity and bit-for-bit tests also pass with the cheap mode forced
+  on the whole process, so a cheaply compiled program reused from the cache does not
+  break them.)"""
   with _cheap_compiles():
     yield
 
 
 @pytest.fixture(scope="module")
 def fast_training_compiles():
-  """`_cheap_compiles` for a module of end-to-end runs (training programs, benchmark
-  scripts checked for what they report, not timed), whose time is mostly compiling; the
-  runs a test compares with each other (a resume, a second process) compile alike.
-  JAX's in-memory caches, which do not key on the mode, are cleared after, so that no
-  test that keeps the defaults reuses a program from here (the persistent cache's key
-  includes it)."""
+  """`_cheap_compiles` for a module of training runs or benchmark scripts (checked for
+  what they report, not timed), whose time is mostly compiling; the runs a test compares
+  with each other (a resume, a second process) compile alike. JAX's in-memory caches do
+  not key on the mode (the persistent cache's key includes it): they are cleared
+  before, so that the module reuses no program compiled with the defaults, and after,
+  so that no later test reuses one from here."""
+  jax.clear_caches()
   with _cheap_compiles():
     yield
   jax.clear_caches()

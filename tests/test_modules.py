@@ -63,7 +63,6 @@ def classification_loss(out, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-@pytest.mark.usefixtures("fast_compiles")
 def test_gradients_reach_the_localization_net():
   x = random_input()
   target = jnp.roll(x, 1, axis=2)
@@ -124,7 +123,6 @@ def test_nnx_vmap_over_an_axis():
   np.testing.assert_array_equal(out, x)
 
 
-@pytest.mark.usefixtures("fast_compiles")
 def test_works_on_feature_maps_inside_a_network():
   class Net(nn.Module):
     @nn.compact

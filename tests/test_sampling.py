@@ -320,7 +320,6 @@ def test_bad_input_messages(function, args, kwargs, error, message):
     function(*args, **kwargs)
 
 
-@pytest.mark.usefixtures("fast_compiles")
 @pytest.mark.parametrize("method", ["bilinear", "bicubic"])
 def test_many_channels_give_the_gradients_of_each_channel(method):
   # Above 16 channels the CPU path reduces over channels instead of writing sums out.
