@@ -26,15 +26,19 @@ its short side.
 
 The coarser levels are laid out in one image (an atlas), stacked, each with a ring of
 zeros, so that one bilinear read with the clamped coordinates of any level sees exactly
-that level with zero padding.
+that level with zero padding. Each point then needs two reads: the image and level 1, or
+two neighbouring coarser levels. All points make three (the image, and two of the atlas);
+the one a point does not need reads a fixed pixel, which stays in cache, and is selected
+away rather than weighted by zero, so that an inf or NaN it meets goes nowhere. The
+per-point level arithmetic uses the bits of float32 (exact powers of two and floor log2)
+and is computed once into memory before the reads (`_materialized`).
 """
-
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stnjax import _corners
 from stnjax import _interpolation
 
 # The [1, 3, 3, 1] / 8 filter's variance, in pixels of the finer level.
@@ -100,13 +104,16 @@ def pyramid_atlas(images, padding_mode):
   """The coarser levels of images `[B, H, W, C]` (all but the image itself) in one atlas
   `[B, Ha, Wa, C]`, stacked from the top as `level_table` says, each followed by a row of
   zeros and padded with zeros on the right."""
-  levels = [images]
-  for _ in level_sizes(*images.shape[1:3])[1:]:
-    levels.append(_halve_axis(_halve_axis(levels[-1], 1, padding_mode), 2, padding_mode))
-  width = levels[1].shape[2] + 1
-  return jnp.concatenate(
-      [jnp.pad(level, ((0, 0), (0, 1), (0, width - level.shape[2]), (0, 0)))
-       for level in levels[1:]], axis=1)
+  table = level_table(*images.shape[1:3]).astype(int)
+  last_row, last_height, first_width = table[-1, 0], table[-1, 1], table[0, 2]
+  atlas = jnp.zeros((images.shape[0], last_row + last_height + 1, first_width + 1,
+                     images.shape[3]), images.dtype)
+  level = images
+  for row in table[:, 0]:
+    level = _halve_axis(_halve_axis(level, 1, padding_mode), 2, padding_mode)
+    # Written in place (no padded copies of each level to concatenate).
+    atlas = jax.lax.dynamic_update_slice(atlas, level, (0, row, 0, 0))
+  return atlas
 
 
 def _derivatives(coord):
@@ -155,16 +162,44 @@ def _spread(at_x, at_y, scale):
           + inverse_area * (_bilinear_spread(at_x) + _bilinear_spread(at_y)) / 2)
 
 
-def _on_level(x, y, level, table, padding_mode):
-  """Coordinates on a coarser level (`level` >= 1, int32, the shape of x) of image pixel
-  positions (x, y), clamped to the level and moved to its place in the atlas."""
-  scale = jnp.exp2(-level.astype(jnp.float32))
-  at_x, at_y = x * scale + (scale - 1) / 2, y * scale + (scale - 1) / 2
-  # The level's place and size, from the table by comparisons (cheaper than a gather).
-  row, height, width = (
-      functools.reduce(jnp.add, [jnp.where(level >= l + 1, float(step), 0.0)
-                                 for l, step in enumerate(np.diff(table[:, i], prepend=0))])
-      for i in range(3))
+def _power_of_two(exponent):
+  """`2.0 ** exponent` for int32 exponents in [-126, 127], exactly, from the bits (cheaper
+  than exp2, and exact)."""
+  return jax.lax.bitcast_convert_type((exponent + 127) << 23, jnp.float32)
+
+
+def _floor_log2(value):
+  """`floor(log2(value))` for finite float32 `value >= 1`, from the exponent bits."""
+  return (jax.lax.bitcast_convert_type(value, jnp.int32) >> 23) - 127
+
+
+def _halvings_sum(n):
+  """`sum over k >= 1 of n // 2**k` for int32 `n >= 0`: `n - popcount(n)`."""
+  return n - jax.lax.population_count(n)
+
+
+def _place(level, height, width):
+  """Row, height and width in the atlas of coarser level `level` (int32 >= 1) of an image
+  `height x width`, as `level_table` lays them out, computed rather than looked up: level
+  `k` is `((size - 1) >> k) + 1` pixels along an axis, and the rows above level `l` hold
+  levels 1 to `l - 1`, each followed by a zero row."""
+  rows_above = (_halvings_sum(height - 1) - _halvings_sum((height - 1) >> (level - 1))
+                + 2 * (level - 1))
+  return [a.astype(jnp.float32)
+          for a in (rows_above, ((height - 1) >> level) + 1, ((width - 1) >> level) + 1)]
+
+
+def _level_coords(x, y, level):
+  """Image pixel positions (x, y) on level `level` (int32, the shape of x), and that
+  level's scale `2**-level`."""
+  scale = _power_of_two(-level)
+  return x * scale + (scale - 1) / 2, y * scale + (scale - 1) / 2, scale
+
+
+def _in_atlas(at_x, at_y, level, image_size, padding_mode):
+  """Coordinates (at_x, at_y) on coarser level `level` (>= 1) clamped to the level and
+  moved to its place in the atlas."""
+  row, height, width = _place(level, *image_size)
   if padding_mode == "zeros":  # The zero ring, or zeros beyond the atlas.
     low, high_x, high_y = -1.0, width, height
   else:
@@ -188,6 +223,22 @@ def _target_spread(plain_spread, long_squared, short_squared):
   return plain_spread + ramp * jnp.maximum(reference - plain_spread + extra, 0.0)
 
 
+@jax.custom_jvp
+def _materialized(arrays):
+  """`arrays` (float32, of one shape), computed once and stored, so that XLA does not fuse
+  their arithmetic into each consumer: into every corner of every read and, on the CPU,
+  once per channel. XLA:CPU drops `optimization_barrier`; there they are the results of
+  one loop (`_corners.in_one_loop`)."""
+  return jax.lax.platform_dependent(
+      *arrays, cpu=lambda *a: _corners.in_one_loop(a),
+      default=lambda *a: tuple(jax.lax.optimization_barrier(a)))
+
+
+@_materialized.defjvp
+def _materialized_jvp(primals, tangents):
+  return _materialized(*primals), tangents[0]
+
+
 def read(images, coords, padding_mode, align_corners, implementation):
   """images `[B, H, W, C]` read, antialiased, at pixel coordinates `(x, y)` `[B, ..., Ho, Wo]`
   (padding not applied): float32 `[B, ..., Ho, Wo, C]`. Padding modes zeros, border and
@@ -195,10 +246,10 @@ def read(images, coords, padding_mode, align_corners, implementation):
   images = images.astype(jnp.float32)
   sizes = level_sizes(*images.shape[1:3])
   x, y = coords
-  on_image = _interpolation.read(images, coords, "bilinear", padding_mode, align_corners,
-                                 implementation)  # Level 0: the plain read itself.
+  padded = [_interpolation.apply_padding(c, size, padding_mode, align_corners)
+            for c, size in zip(coords, sizes[0][::-1])]
   if len(sizes) == 1:  # One pixel: nothing to filter.
-    return on_image
+    return _interpolation.bilinear(images, padded, implementation)
   long_squared, short_squared = squared_stretches(x, y)
   if padding_mode == "reflection":  # Mirrored once, on the image itself.
     x, y = [_interpolation.apply_padding(c, size, padding_mode, align_corners)
@@ -207,27 +258,51 @@ def read(images, coords, padding_mode, align_corners, implementation):
 
   # The lower of the two levels whose spreads bracket the target. Level l's spread lies
   # in [(4**l - 1) / 4, (2 * 4**l - 1) / 4]: the last level whose least spread is within
-  # the target is the lower one or the one above it.
+  # the target, floor(log2(4 * target + 1) / 2), is the lower one or the one above it.
   top = len(sizes) - 2
-  candidate = jnp.floor(jnp.log2(3 * target / _FILTER_VARIANCE + 1) / 2)
-  candidate = jnp.clip(jnp.where(jnp.isfinite(candidate), candidate, 0), 0, top).astype(jnp.int32)
-
-  def spread_at(level):
-    scale = jnp.exp2(-level.astype(jnp.float32))
-    return _spread(x * scale + (scale - 1) / 2, y * scale + (scale - 1) / 2, scale)
-
-  lower = jnp.where((candidate > 0) & (spread_at(candidate) > target), candidate - 1, candidate)
-  lower_spread, upper_spread = spread_at(lower), spread_at(lower + 1)
+  candidate = jnp.clip(_floor_log2(3 / _FILTER_VARIANCE * target + 1) // 2, 0, top)
+  candidate = jnp.where(jnp.isfinite(target), candidate, 0)
+  candidate_x, candidate_y, candidate_scale = _level_coords(x, y, candidate)
+  candidate_spread = _spread(candidate_x, candidate_y, candidate_scale)
+  down = (candidate > 0) & (candidate_spread > target)
+  other = jnp.where(down, candidate - 1, candidate + 1)
+  other_x, other_y, other_scale = _level_coords(x, y, other)
+  other_spread = _spread(other_x, other_y, other_scale)
+  lower = jnp.where(down, other, candidate)
+  lower_spread = jnp.where(down, other_spread, candidate_spread)
+  upper_spread = jnp.where(down, candidate_spread, other_spread)
   blend = jnp.clip((target - lower_spread) / (upper_spread - lower_spread), 0.0, 1.0)
   blend = jnp.where(jnp.isfinite(blend), blend, 0.0)
 
+  # The two coarser reads: levels lower and lower + 1, or level 1 (twice) where lower is
+  # the image itself.
+  def pick(on_lower, on_upper):
+    return jnp.where(down, on_upper, on_lower), jnp.where(down, on_lower, on_upper)
+
+  (lower_x, upper_x), (lower_y, upper_y) = pick(candidate_x, other_x), pick(candidate_y, other_y)
+  first = (jnp.where(lower == 0, upper_x, lower_x), jnp.where(lower == 0, upper_y, lower_y),
+           jnp.maximum(lower, 1))
   atlas = pyramid_atlas(images, padding_mode)
-  table = level_table(*images.shape[1:3])
-  # Materialized: otherwise XLA recomputes the level arithmetic for every corner read.
-  levels = jax.lax.optimization_barrier([_on_level(x, y, level, table, padding_mode)
-                                         for level in (jnp.maximum(lower, 1), lower + 1)])
-  coarse = [_interpolation.bilinear(atlas, coords, implementation) for coords in levels]
-  on_image_weight = jnp.where(lower == 0, 1 - blend, 0.0)[..., None]
-  first_weight = jnp.where(lower == 0, blend, 1 - blend)[..., None]
-  second_weight = jnp.where(lower == 0, 0.0, blend)[..., None]
-  return on_image_weight * on_image + first_weight * coarse[0] + second_weight * coarse[1]
+  image_size = sizes[0]
+  # Each point needs two of the three reads; the third reads a fixed pixel instead (cached,
+  # so nearly free) and is selected away, never multiplied by a zero weight (inf * 0).
+  on_image_used = lower == 0
+  first_used = (lower > 0) | (blend > 0)
+  second_used = lower > 0
+
+  def where_used(used, point):
+    return [jnp.where(used, c, 0.0) for c in point]
+
+  per_point = _materialized((
+      *where_used(on_image_used, padded),
+      *where_used(first_used, _in_atlas(*first, image_size, padding_mode)),
+      *where_used(second_used, _in_atlas(upper_x, upper_y, lower + 1, image_size, padding_mode)),
+      blend, on_image_used.astype(jnp.float32)))
+  on_image = _interpolation.bilinear(images, per_point[0:2], implementation)
+  first_read, second_read = [_interpolation.bilinear(atlas, per_point[i:i + 2], implementation)
+                             for i in (2, 4)]
+  blend, on_image_used = per_point[6], per_point[7] > 0
+  low = jnp.where(on_image_used[..., None], on_image, first_read)
+  high = jnp.where(on_image_used[..., None], first_read, second_read)
+  blend = blend[..., None]
+  return jnp.where(blend > 0, (1 - blend) * low + blend * high, low)

@@ -132,6 +132,18 @@ def test_nan_theta_gives_zeros_as_plain_sampling_does():
   np.testing.assert_array_equal(out, 0.0)
 
 
+def test_an_infinite_pixel_stays_where_it_is():
+  """Each point reads two of three places; the one it does not need is selected away,
+  never multiplied by a zero weight, so an inf elsewhere does not reach it."""
+  image = zone_plate(32).at[0, 0].set(jnp.inf)
+  for theta, out_shape in [(rotation(0), (32, 32)), (rotation(0, 0.5, 0.5), (8, 8)),
+                           (rotation(20, 0.5, 0.5), (4, 4))]:
+    out = np.asarray(stnjax.sample(theta, image, out_shape, antialias=True))
+    plain = np.asarray(stnjax.sample(theta, image, out_shape))
+    np.testing.assert_array_equal(np.isfinite(out), np.isfinite(plain))
+    assert np.isfinite(out[1:-1, 1:-1]).all()
+
+
 def test_constant_image_stays_constant_inside():
   image = jnp.full((64, 64, 2), 0.25, jnp.float32)
   out = stnjax.sample(rotation(30, 0.5, 0.5), image, (8, 8), antialias=True,
@@ -179,6 +191,25 @@ def test_pyramid_levels_and_atlas_layout():
   padded = np.pad(np.asarray(images), ((0, 0), (1, 2), (1, 2), (0, 0)))
   expected = np.einsum("i,j,bijc->bc", taps, taps, padded[:, 2:6, 4:8])
   np.testing.assert_allclose(atlas[:, 1, 2], expected, rtol=1e-6)
+
+
+def test_levels_are_placed_by_arithmetic_as_the_table_says():
+  """The per-point level arithmetic (bit-built powers of two, the atlas rows from popcounts)
+  agrees with the table the atlas is built from, for every level of many sizes."""
+  for height, width in [(1, 2), (2, 1), (5, 9), (7, 7), (64, 48), (257, 100), (1000, 3),
+                        (4097, 2)]:
+    table = _antialias.level_table(height, width)
+    levels = jnp.arange(1, len(table) + 1, dtype=jnp.int32)
+    place = jax.jit(lambda l, h=height, w=width: _antialias._place(l, h, w))(levels)
+    np.testing.assert_array_equal(np.stack(place, axis=-1), table, err_msg=f"{height}x{width}")
+  exponents = jnp.arange(-126, 128, dtype=jnp.int32)
+  np.testing.assert_array_equal(_antialias._power_of_two(exponents),
+                                2.0 ** np.arange(-126, 128, dtype=np.float64))
+  values = np.float32(2.0) ** np.arange(0, 100, dtype=np.float32)
+  values = np.concatenate([values, np.nextafter(values, np.float32(np.inf)),
+                           np.nextafter(values[1:], np.float32(0))])
+  np.testing.assert_array_equal(_antialias._floor_log2(jnp.asarray(values)),
+                                np.floor(np.log2(values.astype(np.float64))).astype(np.int32))
 
 
 @pytest.mark.parametrize("padding_mode,numpy_mode", [
