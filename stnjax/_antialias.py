@@ -282,12 +282,9 @@ def read(images, coords, padding_mode, align_corners, implementation):
   (lower_x, upper_x), (lower_y, upper_y) = pick(candidate_x, other_x), pick(candidate_y, other_y)
   first = (jnp.where(lower == 0, upper_x, lower_x), jnp.where(lower == 0, upper_y, lower_y),
            jnp.maximum(lower, 1))
-  atlas = pyramid_atlas(images, padding_mode)
   image_size = sizes[0]
-  # Each point needs two of the three reads; the third reads a fixed pixel instead (cached,
-  # so nearly free) and is selected away, never multiplied by a zero weight (inf * 0).
   on_image_used = lower == 0
-  first_used = (lower > 0) | (blend > 0)
+  coarse_used = (lower > 0) | (blend > 0)
   second_used = lower > 0
 
   def where_used(used, point):
@@ -295,14 +292,24 @@ def read(images, coords, padding_mode, align_corners, implementation):
 
   per_point = _materialized((
       *where_used(on_image_used, padded),
-      *where_used(first_used, _in_atlas(*first, image_size, padding_mode)),
+      *where_used(coarse_used, _in_atlas(*first, image_size, padding_mode)),
       *where_used(second_used, _in_atlas(upper_x, upper_y, lower + 1, image_size, padding_mode)),
-      blend, on_image_used.astype(jnp.float32)))
-  on_image = _interpolation.bilinear(images, per_point[0:2], implementation)
-  first_read, second_read = [_interpolation.bilinear(atlas, per_point[i:i + 2], implementation)
-                             for i in (2, 4)]
-  blend, on_image_used = per_point[6], per_point[7] > 0
-  low = jnp.where(on_image_used[..., None], on_image, first_read)
+      blend, on_image_used.astype(jnp.float32), coarse_used.astype(jnp.float32)))
+  blend, on_image_used, coarse_used = per_point[6], per_point[7] > 0, per_point[8] > 0
+  zeros = jnp.zeros(per_point[0].shape + images.shape[-1:], jnp.float32)
+
+  # A read no point of the batch needs is skipped (the image where every point shrinks,
+  # the pyramid where none does); under vmap both branches run, as a select.
+  def on_image():
+    return _interpolation.bilinear(images, per_point[0:2], implementation)
+
+  def coarse():
+    atlas = pyramid_atlas(images, padding_mode)
+    return [_interpolation.bilinear(atlas, per_point[i:i + 2], implementation) for i in (2, 4)]
+
+  on_image_read = jax.lax.cond(jnp.any(on_image_used), on_image, lambda: zeros)
+  first_read, second_read = jax.lax.cond(jnp.any(coarse_used), coarse, lambda: [zeros, zeros])
+  low = jnp.where(on_image_used[..., None], on_image_read, first_read)
   high = jnp.where(on_image_used[..., None], first_read, second_read)
   blend = blend[..., None]
   return jnp.where(blend > 0, (1 - blend) * low + blend * high, low)
