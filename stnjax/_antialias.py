@@ -27,9 +27,10 @@ its short side.
 The coarser levels are laid out in one image (an atlas), stacked, each with a ring of
 zeros, so that one bilinear read with the clamped coordinates of any level sees exactly
 that level with zero padding. Each point then needs two reads: the image and level 1, or
-two neighbouring coarser levels. All points make three (the image, and two of the atlas);
-the one a point does not need reads a fixed pixel, which stays in cache, and is selected
-away rather than weighted by zero, so that an inf or NaN it meets goes nowhere. The
+two neighbouring coarser levels. All points make the same three (the image, and two of
+the atlas), each skipped where no point of the batch needs it; the one a point does not
+need reads a fixed pixel, which stays in cache, and is selected away rather than
+weighted by zero, so that an inf or NaN it meets goes nowhere. The
 per-point level arithmetic uses the bits of float32 (exact powers of two and floor log2)
 and is computed once into memory before the reads (`_materialized`).
 """
@@ -298,8 +299,9 @@ def read(images, coords, padding_mode, align_corners, implementation):
   blend, on_image_used, coarse_used = per_point[6], per_point[7] > 0, per_point[8] > 0
   zeros = jnp.zeros(per_point[0].shape + images.shape[-1:], jnp.float32)
 
-  # A read no point of the batch needs is skipped (the image where every point shrinks,
-  # the pyramid where none does); under vmap both branches run, as a select.
+  # A read no point of the batch needs is skipped (the image where every point shrinks
+  # by more than about 4.3x, the pyramid where none shrinks); under vmap both branches
+  # run, as a select.
   def on_image():
     return _interpolation.bilinear(images, per_point[0:2], implementation)
 
