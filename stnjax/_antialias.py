@@ -28,9 +28,11 @@ The coarser levels are laid out in one image (an atlas), stacked, each with a ri
 zeros, so that one bilinear read with the clamped coordinates of any level sees exactly
 that level with zero padding. Each point then needs two reads: the image and level 1, or
 two neighbouring coarser levels. All points make the same three (the image, and two of
-the atlas), each skipped where no point of the batch needs it; the one a point does not
-need reads a fixed pixel, which stays in cache, and is selected away rather than
-weighted by zero, so that an inf or NaN it meets goes nowhere. The
+the atlas); the image read is skipped where no point of the batch needs it, the atlas
+and both its reads where none does, the second atlas read where only it is not needed.
+A read a point does not need goes to a fixed pixel, which stays in cache, and is
+selected away rather than weighted by zero, so that an inf or NaN it meets reaches
+neither the value nor the gradient. The
 per-point level arithmetic uses the bits of float32 (exact powers of two and floor log2)
 and is computed once into memory before the reads (`_materialized`).
 """
@@ -94,26 +96,27 @@ def _halve_axis(images, axis, padding_mode):
 
 
 def level_table(height: int, width: int) -> np.ndarray:
-  """Where `pyramid_atlas` puts each coarser level: float32 `[levels, 3]` of
+  """Where `pyramid_atlas` puts each coarser level: int64 `[levels, 3]` of
   `(row, height, width)`, from level 1."""
   sizes = level_sizes(height, width)[1:]
   rows = np.cumsum([0] + [h + 1 for h, _ in sizes[:-1]])
-  return np.asarray([(row, h, w) for row, (h, w) in zip(rows, sizes)], np.float32)
+  return np.asarray([(row, h, w) for row, (h, w) in zip(rows, sizes)], np.int64)
 
 
 def pyramid_atlas(images, padding_mode):
   """The coarser levels of images `[B, H, W, C]` (all but the image itself) in one atlas
   `[B, Ha, Wa, C]`, stacked from the top as `level_table` says, each followed by a row of
   zeros and padded with zeros on the right."""
-  table = level_table(*images.shape[1:3]).astype(int)
-  last_row, last_height, first_width = table[-1, 0], table[-1, 1], table[0, 2]
-  atlas = jnp.zeros((images.shape[0], last_row + last_height + 1, first_width + 1,
-                     images.shape[3]), images.dtype)
+  table = level_table(*images.shape[1:3])
+  rows = table[-1, 0] + table[-1, 1] + 1
+  atlas = None
   level = images
   for row in table[:, 0]:
     level = _halve_axis(_halve_axis(level, 1, padding_mode), 2, padding_mode)
-    # Written in place (no padded copies of each level to concatenate).
-    atlas = jax.lax.dynamic_update_slice(atlas, level, (0, row, 0, 0))
+    if atlas is None:  # Level 1 padded to the atlas (which keeps the images' sharding).
+      atlas = jnp.pad(level, ((0, 0), (0, rows - level.shape[1]), (0, 1), (0, 0)))
+    else:  # Written in place: no padded copies of each level to concatenate.
+      atlas = jax.lax.dynamic_update_slice(atlas, level, (0, row, 0, 0))
   return atlas
 
 
@@ -275,8 +278,8 @@ def read(images, coords, padding_mode, align_corners, implementation):
   blend = jnp.clip((target - lower_spread) / (upper_spread - lower_spread), 0.0, 1.0)
   blend = jnp.where(jnp.isfinite(blend), blend, 0.0)
 
-  # The two coarser reads: levels lower and lower + 1, or level 1 (twice) where lower is
-  # the image itself.
+  # The two coarser reads: levels lower and lower + 1, or level 1 (and none) where lower
+  # is the image itself.
   def pick(on_lower, on_upper):
     return jnp.where(down, on_upper, on_lower), jnp.where(down, on_lower, on_upper)
 
@@ -286,7 +289,7 @@ def read(images, coords, padding_mode, align_corners, implementation):
   image_size = sizes[0]
   on_image_used = lower == 0
   coarse_used = (lower > 0) | (blend > 0)
-  second_used = lower > 0
+  second_used = (lower > 0) & (blend > 0)
 
   def where_used(used, point):
     return [jnp.where(used, c, 0.0) for c in point]
@@ -295,23 +298,34 @@ def read(images, coords, padding_mode, align_corners, implementation):
       *where_used(on_image_used, padded),
       *where_used(coarse_used, _in_atlas(*first, image_size, padding_mode)),
       *where_used(second_used, _in_atlas(upper_x, upper_y, lower + 1, image_size, padding_mode)),
-      blend, on_image_used.astype(jnp.float32), coarse_used.astype(jnp.float32)))
-  blend, on_image_used, coarse_used = per_point[6], per_point[7] > 0, per_point[8] > 0
-  zeros = jnp.zeros(per_point[0].shape + images.shape[-1:], jnp.float32)
+      blend, *(used.astype(jnp.float32) for used in (on_image_used, coarse_used, second_used))))
+  blend = per_point[6]
+  on_image_used, coarse_used, second_used = (flag > 0 for flag in per_point[7:])
+  # Zeros that vary across a shard_map mesh as the reads do (lax.cond's branches must
+  # agree): from the points and the images, not a constant.
+  zeros = (jnp.zeros_like(per_point[0])[..., None]
+           + jnp.zeros_like(images[:, 0, 0]).reshape(
+               images.shape[:1] + (1,) * (per_point[0].ndim - 1) + images.shape[-1:]))
 
-  # A read no point of the batch needs is skipped (the image where every point shrinks
-  # by more than about 4.3x, the pyramid where none shrinks); under vmap both branches
-  # run, as a select.
-  def on_image():
-    return _interpolation.bilinear(images, per_point[0:2], implementation)
+  # A read no point of the batch needs is skipped (the image where every point's
+  # footprint is longer than about 4.4 pixels, sqrt(19), the pyramid where no point's
+  # exceeds 1); under vmap both branches run, as a select.
+  def read_if(used, array, coords):
+    return jax.lax.cond(jnp.any(used),
+                        lambda: _interpolation.bilinear(array, coords, implementation),
+                        lambda: zeros)
 
   def coarse():
     atlas = pyramid_atlas(images, padding_mode)
-    return [_interpolation.bilinear(atlas, per_point[i:i + 2], implementation) for i in (2, 4)]
+    return [_interpolation.bilinear(atlas, per_point[2:4], implementation),
+            read_if(second_used, atlas, per_point[4:6])]
 
-  on_image_read = jax.lax.cond(jnp.any(on_image_used), on_image, lambda: zeros)
+  on_image_read = read_if(on_image_used, images, per_point[0:2])
   first_read, second_read = jax.lax.cond(jnp.any(coarse_used), coarse, lambda: [zeros, zeros])
   low = jnp.where(on_image_used[..., None], on_image_read, first_read)
   high = jnp.where(on_image_used[..., None], first_read, second_read)
+  # Where nothing is blended, neither the value nor the gradient sees the unused read.
+  mixing = blend[..., None] > 0
+  mixed_low, mixed_high = jnp.where(mixing, low, 0.0), jnp.where(mixing, high, 0.0)
   blend = blend[..., None]
-  return jnp.where(blend > 0, (1 - blend) * low + blend * high, low)
+  return jnp.where(mixing, (1 - blend) * mixed_low + blend * mixed_high, low)

@@ -144,6 +144,44 @@ def test_an_infinite_pixel_stays_where_it_is():
     assert np.isfinite(out[1:-1, 1:-1]).all()
 
 
+def test_an_unused_read_of_an_infinite_pixel_stays_out_of_the_gradient():
+  """Where nothing shrinks, the coarser reads (which meet the inf) are unused: the gradient
+  of a loss on pixels away from it is finite, as in plain sampling."""
+  image = zone_plate(32).at[0, 0].set(jnp.inf)
+  for theta in (rotation(0), rotation(0, 0.5, 0.5)):
+    def loss(theta):
+      return jnp.sum(stnjax.sample(theta, image, antialias=True,
+                                   padding_mode="border")[2:-2, 2:-2])
+    assert np.isfinite(np.asarray(jax.grad(loss)(theta))).all()
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_shard_map_over_a_sharded_batch():
+  """Each device reads its own images (the skipped reads' zeros vary as the reads do)."""
+  devices = len(jax.devices())
+  mesh = jax.make_mesh((devices,), ("devices",))
+  spec = jax.sharding.PartitionSpec("devices")
+  thetas = jnp.stack([rotation(10 * i, 0.3 + 0.5 * (i % 3)) for i in range(2 * devices)])
+  images = jnp.stack([zone_plate(16)] * (2 * devices)) * jnp.arange(1, 2 * devices + 1.0)[
+      :, None, None, None]
+
+  def warp(thetas, images):
+    return stnjax.sample(thetas, images, (6, 6), antialias=True)
+
+  def loss(thetas, images):
+    return jnp.sum(warp(thetas, images) ** 2)
+
+  sharded = jax.jit(jax.shard_map(
+      lambda t, i: (warp(t, i), jax.grad(loss, (0, 1))(t, i)),
+      mesh=mesh, in_specs=spec, out_specs=spec))
+  on_mesh = jax.sharding.NamedSharding(mesh, spec)
+  out, grads = sharded(jax.device_put(thetas, on_mesh), jax.device_put(images, on_mesh))
+  np.testing.assert_allclose(out, warp(thetas, images), atol=1e-6)
+  for got, expected in zip(grads, jax.grad(loss, (0, 1))(thetas, images)):
+    # Sums over another split of the batch: float32 rounding of the largest component.
+    np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())
+
+
 def test_constant_image_stays_constant_inside():
   image = jnp.full((64, 64, 2), 0.25, jnp.float32)
   out = stnjax.sample(rotation(30, 0.5, 0.5), image, (8, 8), antialias=True,
