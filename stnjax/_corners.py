@@ -95,16 +95,45 @@ def slopes(fractions):
   return per_axis
 
 
-def gather(rows, found, corner_weights):
+def gather(rows, found, corner_weights, select=False):
   """Sum over corners of weight * row (zero off the image): float32 `[..., C]`.
 
   One expression for all reads, so that XLA fuses the gathers and the index
   arithmetic into one loop. Linear in rows; JAX transposes it to scatter-adds.
+  A corner off the image reads a pixel at index 0 along the axis it is off; with
+  `select`, its term is selected away rather than weighted by zero, which keeps an inf
+  or NaN there out of the sum (as in PyTorch, which does not read it) and costs more.
   """
   out = 0.0
   for (index, inside), weight in zip(found, corner_weights):
-    out = out + jnp.where(inside, weight, 0.0)[..., None] * rows[index]
+    if select:
+      out = out + jnp.where(inside[..., None], weight[..., None] * rows[index], 0.0)
+    else:
+      out = out + jnp.where(inside, weight, 0.0)[..., None] * rows[index]
   return out
+
+
+def _stand_ins_finite(images):
+  """Whether every pixel that a corner off the image reads in its place (index 0 along
+  some spatial axis) is finite: a few rows' worth of pixels."""
+  faces = [jax.lax.slice_in_dim(images, 0, 1, axis=axis) for axis in range(1, images.ndim - 1)]
+  return functools.reduce(operator.and_, [jnp.all(jnp.isfinite(face)) for face in faces])
+
+
+def with_finite_stand_ins(images, gathering):
+  """`gathering(select)`, exact for any pixel values: selecting costs nothing measurable
+  with one channel; with more, XLA:CPU's loop over `[..., C]` pays for it (2-3x), so on
+  the CPU it selects only where a pixel that corners off the image read in their place
+  is not finite (elsewhere zero times it is zero). Other platforms always select (no
+  branch, whose predicate a GPU would wait for)."""
+  if images.shape[-1] == 1:
+    return gathering(True)
+
+  def checked():
+    return jax.lax.cond(_stand_ins_finite(images), lambda: gathering(False),
+                        lambda: gathering(True))
+
+  return jax.lax.platform_dependent(cpu=checked, default=lambda: gathering(True))
 
 
 def _rows(images):
@@ -113,8 +142,11 @@ def _rows(images):
 
 def read(images, *coords):
   """images `[B, *spatial, C]` read at coords `[B, ...]`: float32 `[B, ..., C]`."""
-  found, fractions = corners(coords, images.shape[1:-1])
-  return gather(_rows(images), found, weights(fractions))
+  def gathering(select):
+    found, fractions = corners(coords, images.shape[1:-1])
+    return gather(_rows(images), found, weights(fractions), select)
+
+  return with_finite_stand_ins(images, gathering)
 
 
 def image_gradient(cotangent, *coords, spatial):
@@ -186,10 +218,14 @@ def coordinate_tangent(*args):
   """
   dims = (len(args) - 1) // 2
   tangents, images, coords = args[:dims], args[dims], args[dims + 1:]
-  found, fractions = corners(coords, images.shape[1:-1])
-  changes = [_total([t * s for t, s in zip(tangents, corner_slopes)])
-             for corner_slopes in zip(*slopes(fractions))]
-  return gather(_rows(images), found, changes)
+
+  def gathering(select):
+    found, fractions = corners(coords, images.shape[1:-1])
+    changes = [_total([t * s for t, s in zip(tangents, corner_slopes)])
+               for corner_slopes in zip(*slopes(fractions))]
+    return gather(_rows(images), found, changes, select)
+
+  return with_finite_stand_ins(images, gathering)
 
 
 def _channel_sum(values, unrolled):

@@ -107,7 +107,10 @@ class _Image:
     values = self.pixels[flat]
     if weight is None:
       return jnp.where(inside[..., None], values, jnp.zeros((), values.dtype))
-    return _times_channels(jnp.where(inside, weight, 0.0), values.astype(jnp.float32))
+    # Selected away off the image, not weighted by zero: an inf or NaN at the pixel read
+    # in a tap's place stays out, as in PyTorch (no measurable cost for bicubic).
+    values = jnp.where(inside[..., None], values.astype(jnp.float32), 0.0)
+    return _times_channels(weight, values)
 
 
 def _nearest(image, coords):
