@@ -19,6 +19,10 @@ over two halves of the batch (`_corners.in_two_chunks`) with written-out channel
 the coordinate gradient's components in one loop, and the 2-D image gradient in the
 compiled kernel for `implementation="cpu_kernel"`.
 
+Every bind goes through `_bind`: inside `shard_map` the operands are made to vary over
+the same mesh axes, and arrays whose types carry explicit sharding are read per device
+(`shard_map` over the axes that shard the batch).
+
 Shapes: images float32 `[B, *spatial, C]` with spatial `(H, W)` or `(D, H, W)`;
 coords `(x, y)` or `(x, y, z)` and their tangents float32 `[B, N]` (padding applied);
 reads and their cotangents float32 `[B, N, C]`.
@@ -45,12 +49,55 @@ coordinate_cotangent_p.multiple_results = True
 
 
 def read(images, coords, implementation):
-  return read_p.bind(images, *coords, implementation=implementation)
+  return _bind(read_p, images, *coords, implementation=implementation)
 
 
-def image_gradient(cotangent, coords, spatial, implementation):
-  return image_gradient_p.bind(cotangent, *coords, spatial=tuple(spatial),
-                               implementation=implementation)
+# Binding under shard_map and explicit sharding. Every operand's leading axis is the
+# image batch, and image i's points read only image i.
+
+
+def _varying_axes(aval):
+  vma = getattr(aval, "vma", None)
+  return vma if vma is not None else aval.mat.varying
+
+
+def _vary_alike(args):
+  """The operands made to vary over the same manual mesh axes (as JAX does for its own
+  primitives), so that inside `shard_map` an image that is the same on every device
+  gets its gradient summed over them (the transpose of `pcast`)."""
+  varying = [_varying_axes(jax.typeof(a)) for a in args]
+  every = frozenset().union(*varying)
+  return [a if axes == every else jax.lax.pcast(a, tuple(sorted(every - axes)), to="varying")
+          for a, axes in zip(args, varying)]
+
+
+def _explicit_axes(aval, dim):
+  """The explicit mesh axes that shard axis `dim` of an array's type, as a tuple."""
+  sharding = getattr(aval, "sharding", None)
+  if sharding is None or sharding.mesh.empty or dim >= len(sharding.spec):
+    return ()
+  entry = sharding.spec[dim]
+  names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+  types = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_types))
+  return tuple(n for n in names if types[n] == jax.sharding.AxisType.Explicit)
+
+
+def _bind(primitive, *args, **params):
+  """`primitive.bind`, also with operands whose types carry explicit sharding: sharded
+  along the batch, each device reads its own images (`shard_map` over those axes);
+  sharded along any other axis, the operands are gathered first."""
+  args = _vary_alike(args)
+  avals = [jax.typeof(a) for a in args]
+  if not any(_explicit_axes(aval, d) for aval in avals for d in range(aval.ndim)):
+    return primitive.bind(*args, **params)
+  batch_axes = next((axes for aval in avals if (axes := _explicit_axes(aval, 0))), ())
+  mesh = next(aval.sharding.mesh for aval in avals if not aval.sharding.mesh.empty)
+  spec = jax.sharding.PartitionSpec(batch_axes or None)
+  args = [jax.sharding.reshard(a, spec) for a in args]
+  if not batch_axes:
+    return primitive.bind(*args, **params)
+  return jax.shard_map(functools.partial(primitive.bind, **params), mesh=mesh,
+                       in_specs=spec, out_specs=spec, axis_names=set(batch_axes))(*args)
 
 
 def _dims(args):
@@ -161,8 +208,8 @@ def _read_jvp(primals, tangents, *, implementation):
   tangent_images, tangent_coords = tangents[0], tangents[1:]
   terms = []
   if not all(_is_zero(t) for t in tangent_coords):
-    terms.append(coordinate_tangent_p.bind(
-        *(ad.instantiate_zeros(t) for t in tangent_coords), images, *coords))
+    terms.append(_bind(coordinate_tangent_p,
+                       *(ad.instantiate_zeros(t) for t in tangent_coords), images, *coords))
   if not _is_zero(tangent_images):
     terms.append(read(tangent_images, coords, implementation))
   return read(images, coords, implementation), _sum_terms(terms)
@@ -173,12 +220,12 @@ def _linear_jvp(primitive):
   autodiff of the reference code for the others'."""
   def jvp(primals, tangents, **params):
     linear = _linear(primitive, primals)
-    out = primitive.bind(*primals, **params)
+    out = _bind(primitive, *primals, **params)
     fixed, varying = primals[:linear], primals[linear:]
     terms = []
     if not all(_is_zero(t) for t in tangents[:linear]):
       linear_tangents = [ad.instantiate_zeros(t) for t in tangents[:linear]]
-      terms.append(primitive.bind(*linear_tangents, *varying, **params))
+      terms.append(_bind(primitive, *linear_tangents, *varying, **params))
     if not all(_is_zero(t) for t in tangents[linear:]):
       reference = lambda *varying: _REFERENCES[primitive](*fixed, *varying, **params)
       terms.append(jax.jvp(reference, tuple(varying),
@@ -200,7 +247,7 @@ def _transpose_rule(primitive, transposed, transposed_params):
     if all(_is_zero(c) for c in cotangents):
       return [ad.Zero(a.aval) for a in linear_args] + [None] * len(others)
     cotangents = [ad.instantiate_zeros(c) for c in cotangents]
-    out = transposed.bind(*cotangents, *others, **transposed_params(args, params))
+    out = _bind(transposed, *cotangents, *others, **transposed_params(args, params))
     return list(out if transposed.multiple_results else [out]) + [None] * len(others)
 
   return transpose
@@ -237,7 +284,7 @@ def _fold_mapped_axis(args, dims):
 def _batch_rule(primitive):
   def rule(args, dims, **params):
     folded, size = _fold_mapped_axis(args, dims)
-    out = primitive.bind(*folded, **params)
+    out = _bind(primitive, *folded, **params)
     unfold = lambda o: o.reshape((size, -1) + o.shape[1:])
     if primitive.multiple_results:
       return [unfold(o) for o in out], [0] * len(out)
