@@ -34,10 +34,9 @@ def _random(shape, seed):
 
 
 def _thetas(batch, dims=2, glimpses=()):
-  """Shrinking, rotating, shifting thetas, a different one per image."""
-  rows = dims
-  identity = np.eye(rows, rows + 1, dtype=np.float32)
-  offsets = np.random.default_rng(5).uniform(-0.3, 0.3, (batch,) + glimpses + (rows, rows + 1))
+  """Shrinking thetas with random shear, rotation and shift, a different one per image."""
+  identity = np.eye(dims, dims + 1, dtype=np.float32)
+  offsets = np.random.default_rng(5).uniform(-0.3, 0.3, (batch,) + glimpses + (dims, dims + 1))
   return jnp.asarray(0.6 * identity + offsets, jnp.float32)
 
 
