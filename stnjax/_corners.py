@@ -161,55 +161,6 @@ def image_gradient(cotangent, *coords, spatial):
   return grad.reshape((batch,) + tuple(spatial) + (channels,))
 
 
-def image_gradient_in_blocks(cotangent, *coords, spatial):
-  """`image_gradient` as one scatter-add of each point's 2x2(x2) block of corners.
-
-  For XLA:CPU, whose scatter pays per update: one windowed update per point instead of
-  one per corner. The gradient is built with a one-pixel margin on every side, so
-  that every block of a point within a pixel of the image fits; a block wholly off
-  the image adds zeros at the margin's corner. The margin is then cut off.
-  """
-  dims = len(coords)
-  batch, channels = coords[0].shape[0], cotangent.shape[-1]
-  floors = [jnp.floor(c) for c in coords]
-  sizes = spatial[::-1]
-  fits = functools.reduce(operator.and_, [(f >= -1) & (f <= n - 1) for f, n in zip(floors, sizes)])
-  # 16-bit indices where they fit: fewer bytes in the temporaries the scatter reads.
-  small = max(batch, *(n + 2 for n in spatial)) <= jnp.iinfo(jnp.int16).max
-  index_dtype = jnp.int16 if small else jnp.int32
-  starts = [jnp.where(fits, f + 1, 0.0).astype(index_dtype) for f in floors]
-  image = jnp.broadcast_to(jnp.arange(batch, dtype=index_dtype).reshape(
-      (-1,) + (1,) * (coords[0].ndim - 1)), coords[0].shape)
-  indices = jnp.stack([image] + starts[::-1], axis=-1).reshape(-1, dims + 1)
-  # Block weights, flat [..., 2 ** dims], the slowest axis (z, then y) first.
-  block = None
-  for coord, floor in zip(coords, floors):
-    fraction = coord - floor
-    axis_weights = jnp.stack([1 - fraction, fraction], axis=-1)
-    block = axis_weights if block is None else (
-        axis_weights[..., :, None] * block[..., None, :]).reshape(block.shape[:-1] + (-1,))
-  block = jnp.where(fits[..., None], block, 0.0)
-  updates = (block[..., None] * cotangent[..., None, :]).reshape((-1,) + (2,) * dims + (channels,))
-  grad = jnp.zeros((batch,) + tuple(n + 2 for n in spatial) + (channels,), jnp.float32)
-  numbers = jax.lax.ScatterDimensionNumbers(
-      update_window_dims=tuple(range(1, dims + 2)), inserted_window_dims=(0,),
-      scatter_dims_to_operand_dims=tuple(range(dims + 1)))
-  grad = jax.lax.scatter_add(grad, indices, updates, numbers,
-                             mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
-  return grad[(slice(None),) + (slice(1, -1),) * dims]
-
-
-def in_two_halves(function, *arrays):
-  """`function(*arrays)` on each half of the batch (axis 0), as two independent ops that
-  XLA:CPU can run at the same time; one call for an odd batch."""
-  if arrays[0].shape[0] % 2:
-    return function(*arrays)
-  half = arrays[0].shape[0] // 2
-  first = function(*(a[:half] for a in arrays))
-  second = function(*(a[half:] for a in arrays))
-  return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, second)
-
-
 def coordinate_tangent(*args):
   """`coordinate_tangent(*tangents, images, *coords)`: the change of
   `read(images, *coords)` along tangents of the coordinates `[B, ...]`: `[B, ..., C]`.
@@ -282,3 +233,43 @@ def in_two_chunks(function, *arrays):
   merge = lambda a: a.reshape((-1,) + a.shape[2:])
   out = jax.lax.map(lambda args: function(*args), tuple(split(a) for a in arrays))
   return jax.tree.map(merge, out)
+
+
+def varying_axes(x):
+  """The manual mesh axes (inside `shard_map`) that `x` varies over: a frozenset."""
+  aval = jax.typeof(x)
+  vma = getattr(aval, "vma", None)
+  return vma if vma is not None else aval.mat.varying
+
+
+def _vary_like(value, arrays):
+  """`value`, varying over the mesh axes that any of `arrays` varies over, as a loop's
+  carry must where the loop's results do."""
+  axes = frozenset().union(*(varying_axes(a) for a in arrays))
+  return jax.lax.pcast(value, tuple(sorted(axes)), to="varying") if axes else value
+
+
+def in_chunks(function, *arrays, max_images):
+  """`function(*arrays)`, one array, over chunks of the batch (axis 0) in a loop: at
+  least two chunks of at most `max_images` images, as even as the batch allows.
+
+  For XLA:CPU's scatter-adds, which land several times faster in an image gradient
+  small enough to stay in cache (and the loop's inputs are computed once, as in
+  `in_two_chunks`). Each chunk's result is written into the whole; where the batch
+  does not divide, the last chunk starts earlier and writes some images again (an
+  image's result depends on its own points only).
+  """
+  batch = arrays[0].shape[0]
+  chunks = max(2, -(-batch // max(1, max_images)))
+  size = -(-batch // chunks)
+  if size >= batch:
+    return function(*arrays)
+
+  def body(i, whole):
+    start = jnp.minimum(i * size, batch - size)
+    chunk = function(*(jax.lax.dynamic_slice_in_dim(a, start, size) for a in arrays))
+    return jax.lax.dynamic_update_slice_in_dim(whole, chunk, start, 0)
+
+  result = jax.eval_shape(function, *(a[:size] for a in arrays))
+  whole = _vary_like(jnp.zeros((batch,) + result.shape[1:], result.dtype), arrays)
+  return jax.lax.fori_loop(0, -(-batch // size), body, whole)

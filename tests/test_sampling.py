@@ -360,6 +360,25 @@ def test_many_channels_give_the_gradients_of_each_channel(method):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("batch", [1, 2, 5, 8])
+@pytest.mark.parametrize("max_images", [1, 2, 3, 100])
+@pytest.mark.parametrize("spatial", [(6, 7), (4, 5, 6)])
+def test_the_image_gradient_in_chunks_of_the_batch_equals_it_in_one(spatial, max_images,
+                                                                   batch):
+  # The CPU lowering runs the image gradient over chunks of images in a loop; where the
+  # batch does not divide, the last chunk overlaps the one before it.
+  from stnjax import _corners
+  points, channels = 40, 2
+  rng = np.random.default_rng(batch)
+  coords = tuple(jnp.asarray(rng.uniform(-1.5, size + 0.5, (batch, points)), jnp.float32)
+                 for size in spatial[::-1])
+  cotangent = random_image((batch, points, channels), seed=1)
+  image_gradient = functools.partial(_corners.image_gradient, spatial=spatial)
+  chunked = jax.jit(lambda *a: _corners.in_chunks(image_gradient, *a, max_images=max_images))
+  np.testing.assert_allclose(chunked(cotangent, *coords), image_gradient(cotangent, *coords),
+                             rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("spatial,channels", [((6, 7), 1), ((6, 7), 3), ((4, 5, 6), 1),
                                                ((4, 5, 6), 2)])
 def test_the_cpu_forms_of_the_coordinate_gradient_equal_the_plain_one(spatial, channels):

@@ -188,19 +188,3 @@ def test_invert_theta_undoes_a_3d_warp():
   projective = homogeneous(theta).at[:, 3, :3].set(0.1)
   np.testing.assert_allclose(stnjax.invert_theta(projective) @ projective,
                              np.broadcast_to(np.eye(4), (2, 4, 4)), atol=1e-5)
-
-
-@pytest.mark.parametrize("spatial", [(4, 5, 6), (1, 2, 40000)])
-def test_the_blockwise_volume_gradient_equals_the_cornerwise_one(spatial):
-  # The CPU lowering scatters 2x2x2 blocks with 16-bit indices where every index fits
-  # in them (the first shape) and 32-bit ones where not (the second).
-  from stnjax import _corners
-  batch, points = 2, 300
-  rng = np.random.default_rng(0)
-  coords = tuple(jnp.asarray(rng.uniform(-1.5, size + 0.5, (batch, points)), jnp.float32)
-                 for size in spatial[::-1])
-  cotangent = jnp.asarray(rng.uniform(-1, 1, (batch, points, 2)), jnp.float32)
-  blocks = jax.jit(lambda *a: _corners.image_gradient_in_blocks(*a, spatial=spatial))(
-      cotangent, *coords)
-  corners = _corners.image_gradient(cotangent, *coords, spatial=spatial)
-  np.testing.assert_allclose(blocks, corners, rtol=1e-6, atol=1e-6)
