@@ -59,16 +59,6 @@ def read(images, coords, implementation):
 # image batch, and image i's points read only image i.
 
 
-def _vary_alike(args):
-  """The operands made to vary over the same manual mesh axes (as JAX does for its own
-  primitives), so that inside `shard_map` an image that is the same on every device
-  gets its gradient summed over them (the transpose of `pcast`)."""
-  varying = [_corners.varying_axes(a) for a in args]
-  every = frozenset().union(*varying)
-  return [a if axes == every else jax.lax.pcast(a, tuple(sorted(every - axes)), to="varying")
-          for a, axes in zip(args, varying)]
-
-
 def _explicit_axes(aval, dim):
   """The explicit mesh axes that shard axis `dim` of an array's type, as a tuple."""
   sharding = getattr(aval, "sharding", None)
@@ -84,7 +74,9 @@ def _bind(primitive, *args, **params):
   """`primitive.bind`, also with operands whose types carry explicit sharding: sharded
   along the batch, each device reads its own images (`shard_map` over those axes);
   sharded along any other axis, the operands are gathered first."""
-  args = _vary_alike(args)
+  # Inside shard_map, an image that is the same on every device gets its gradient summed
+  # over them (the transpose of `pcast`).
+  args = _corners.vary_alike(args)
   avals = [jax.typeof(a) for a in args]
   if not any(_explicit_axes(aval, d) for aval in avals for d in range(aval.ndim)):
     return primitive.bind(*args, **params)
@@ -148,8 +140,6 @@ _REFERENCES = {
 
 
 # Lowering: the reference code; on the CPU in chunks of the batch, or the compiled kernel.
-
-
 # The image gradient's scatter-adds land several times faster in a chunk of images
 # whose gradient fits in a core's cache (L2, commonly 1-2 MiB).
 CACHED_GRADIENT_BYTES = 1 << 20
@@ -157,7 +147,7 @@ CACHED_GRADIENT_BYTES = 1 << 20
 
 def _image_gradient_on_cpu(cotangent, *coords, spatial, implementation):
   del implementation
-  image_bytes = math.prod(spatial) * cotangent.shape[-1] * 4
+  image_bytes = math.prod(spatial) * cotangent.shape[-1] * cotangent.dtype.itemsize
   return _corners.in_chunks(functools.partial(_corners.image_gradient, spatial=spatial),
                             cotangent, *coords,
                             max_images=CACHED_GRADIENT_BYTES // image_bytes)

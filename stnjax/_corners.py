@@ -242,11 +242,13 @@ def varying_axes(x):
   return vma if vma is not None else aval.mat.varying
 
 
-def _vary_like(value, arrays):
-  """`value`, varying over the mesh axes that any of `arrays` varies over, as a loop's
-  carry must where the loop's results do."""
-  axes = frozenset().union(*(varying_axes(a) for a in arrays))
-  return jax.lax.pcast(value, tuple(sorted(axes)), to="varying") if axes else value
+def vary_alike(args):
+  """The arrays made to vary over the same manual mesh axes (as JAX does for its own
+  primitives' operands): inside `shard_map`, the union of theirs."""
+  varying = [varying_axes(a) for a in args]
+  every = frozenset().union(*varying)
+  return [a if axes == every else jax.lax.pcast(a, tuple(sorted(every - axes)), to="varying")
+          for a, axes in zip(args, varying)]
 
 
 def in_chunks(function, *arrays, max_images):
@@ -271,5 +273,6 @@ def in_chunks(function, *arrays, max_images):
     return jax.lax.dynamic_update_slice_in_dim(whole, chunk, start, 0)
 
   result = jax.eval_shape(function, *(a[:size] for a in arrays))
-  whole = _vary_like(jnp.zeros((batch,) + result.shape[1:], result.dtype), arrays)
+  # The loop's carry varies as its results do.
+  whole = vary_alike([jnp.zeros((batch,) + result.shape[1:], result.dtype), *arrays])[0]
   return jax.lax.fori_loop(0, -(-batch // size), body, whole)

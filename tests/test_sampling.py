@@ -379,6 +379,44 @@ def test_the_image_gradient_in_chunks_of_the_batch_equals_it_in_one(spatial, max
                              rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("spatial", [(128, 128), (32, 32, 32)])
+def test_chunked_image_gradient_under_transformations(spatial):
+  # Three images of 384 KiB each: the CPU lowering's chunks of at most 1 MiB hold two,
+  # so the second chunk overlaps the first. The gradient must equal each image's own
+  # (one image: no chunks) under jit, vmap, a second derivative, shard_map and export
+  # (the second derivatives themselves are checked against differences elsewhere).
+  batch, channels = 3, 6 if len(spatial) == 2 else 3
+  rng = np.random.default_rng(0)
+  image = random_image((batch,) + spatial + (channels,))
+  eye = np.eye(len(spatial), len(spatial) + 1)
+  theta = jnp.asarray(0.8 * eye + rng.normal(scale=0.1, size=(batch,) + eye.shape), jnp.float32)
+  out_shape = tuple(size // 2 for size in spatial)
+  weights = random_image((batch,) + out_shape + (channels,), seed=2)
+  loss = lambda t, i, w: jnp.vdot(stnjax.sample(t, i, out_shape), w)
+  gradient = jax.jit(jax.grad(loss, (0, 1)))
+  got = gradient(theta, image, weights)
+  each = [gradient(theta[k:k + 1], image[k:k + 1], weights[k:k + 1]) for k in range(batch)]
+  for j in range(2):  # Theta's gradient sums thousands of points, in another order.
+    np.testing.assert_allclose(got[j], jnp.concatenate([e[j] for e in each]),
+                               rtol=1e-4, atol=1e-4)
+  stacked = jax.vmap(gradient)(*(jnp.stack([a, a]) for a in (theta, image, weights)))
+  direction = jnp.asarray(rng.normal(size=theta.shape), jnp.float32)
+  second = jax.jit(lambda t: jax.jvp(lambda u: gradient(u, image, weights)[1], (t,),
+                                     (direction,)))(theta)
+  mesh = jax.make_mesh((len(jax.devices()),), ("devices",))
+  replicated = jax.sharding.PartitionSpec()
+  sharded = jax.jit(jax.shard_map(gradient, mesh=mesh, in_specs=replicated,
+                                  out_specs=replicated))(theta, image, weights)
+  exported = jax.export.export(gradient, platforms=("cpu", "cuda", "tpu"))(theta, image, weights)
+  restored = jax.export.deserialize(exported.serialize()).call(theta, image, weights)
+  for other in (tuple(a[1] for a in stacked), sharded, restored):
+    for a, b in zip(other, got, strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  second_each = [jax.jvp(lambda u, k=k: gradient(u, image[k:k + 1], weights[k:k + 1])[1],
+                         (theta[k:k + 1],), (direction[k:k + 1],))[1] for k in range(batch)]
+  np.testing.assert_allclose(second[1], jnp.concatenate(second_each), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("spatial,channels", [((6, 7), 1), ((6, 7), 3), ((4, 5, 6), 1),
                                                ((4, 5, 6), 2)])
 def test_the_cpu_forms_of_the_coordinate_gradient_equal_the_plain_one(spatial, channels):
