@@ -22,6 +22,7 @@ from stnjax import nnx
 from stnjax import transforms
 from stnjax.displacement import integrate_velocity
 from stnjax.displacement import warp_flow
+from stnjax.geometry import compose_theta
 from stnjax.geometry import invert_theta
 from stnjax.geometry import perspective_matrix
 from stnjax.geometry import rotation_matrix
@@ -44,6 +45,7 @@ __all__ = [
     "SpatialTransformer",
     "TransformOutput",
     "affine_grid",
+    "compose_theta",
     "geometry",
     "grid_sample",
     "has_cpu_kernel",

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stnjax import _validation
+from stnjax import geometry
 from stnjax import sampling
 from stnjax import transforms
 
@@ -17,7 +18,8 @@ class TransformOutput(NamedTuple):
   """The transform a spatial transformer applied, for visualization and losses.
 
   Attributes:
-    params: `[B, P]` (or `[B, K, P]` with K heads) parameters of the family.
+    params: `[B, P]` (or `[B, K, P]` with K heads) parameters of the family; with
+      N > 1 iterations, each step's `[B, N, P]`, of which theta is the composition.
     theta: `[B, (K,) 2 or 3, 3]` for matrix families, else None.
     grid: `[B, (K,) Ho, Wo, 2]` normalized sampling grid for `tps`, else None.
   """
@@ -47,6 +49,16 @@ def check_options(num_heads, heads, method, padding_mode, implementation, antial
   _validation.check_options(method, padding_mode)
   _validation.check_antialias(antialias, method, padding_mode)
   sampling.check_implementation(implementation)
+
+
+def check_iterations(iterations, family: transforms.Transform, num_heads: int):
+  if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+    raise ValueError(f"iterations must be a positive int, got {iterations!r}.")
+  if iterations > 1 and family.theta is None:
+    raise ValueError(f"iterations > 1 composes matrices; the {family.name!r} family has "
+                     f"none (use a matrix family, e.g. 'affine' or 'projective').")
+  if iterations > 1 and num_heads > 1:
+    raise ValueError(f"iterations > 1 refines one transform; got num_heads={num_heads}.")
 
 
 def check_input(x, name):
@@ -84,3 +96,25 @@ def warp_heads(family, raw_params, x, *, num_heads, heads, out_shape, method, pa
     info = TransformOutput(params, None, family.grid(params, out_shape,
                                                      align_corners=align_corners))
   return out, info
+
+
+def warp_iteratively(family, raw_params, x, localize, *, iterations, out_shape, method,
+                     padding_mode, align_corners, implementation, antialias=False):
+  """The inverse compositional STN (Lin & Lucey 2017): each step after the first
+  regresses a correction, `localize(glimpse) -> [B, P]`, from the input warped by the
+  transform so far (at the input's size), and composes it after that transform. The
+  output samples the input once, with the composition.
+
+  Returns:
+    `(out, TransformOutput)`: out `[B, Ho, Wo, C]`; params `[B, N, P]`, one row per step.
+  """
+  options = dict(method=method, padding_mode=padding_mode, align_corners=align_corners,
+                 implementation=implementation, antialias=antialias)
+  steps = [raw_params]
+  theta = family.theta(raw_params)
+  for _ in range(iterations - 1):
+    glimpse = sampling.sample(theta, x, **options)
+    steps.append(localize(glimpse))
+    theta = geometry.compose_theta(theta, family.theta(steps[-1]))
+  out = sampling.sample(theta, x, out_shape, **options)
+  return out, TransformOutput(jnp.stack(steps, axis=1), theta, None)

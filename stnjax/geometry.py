@@ -1,4 +1,5 @@
-"""Transform constructors: rotations, homographies from point pairs, inverses, box crops.
+"""Transform constructors: rotations, homographies from point pairs, inverses, compositions,
+box crops.
 
 The helpers that OpenCV and kornia provide and that users otherwise write by hand.
 Coordinates follow `stnjax.grid`:
@@ -25,6 +26,7 @@ from stnjax import _validation
 from stnjax import grid as grid_lib
 
 __all__ = [
+    "compose_theta",
     "invert_theta",
     "perspective_matrix",
     "rotation_matrix",
@@ -209,6 +211,66 @@ def _invert_theta(theta):
   top = [e, 0 - b, b * f - e * c]  # `0 - x`: exact zeros stay +0, not -0.
   bottom = [0 - d, a, d * c - a * f]
   return jnp.stack([jnp.stack(top, -1), jnp.stack(bottom, -1)], -2) / determinant[..., None, None]
+
+
+def compose_theta(first: jax.Array, then: jax.Array) -> jax.Array:
+  """Two warps as one: `sample(compose_theta(first, then), image)` samples what
+  `sample(then, sample(first, image))` does, interpolating the image once, not twice.
+
+  theta pulls (output to input coordinates), so the composition is the matrix product
+  `first @ then`: `then` takes the final output to `first`'s output, and `first` takes
+  that to the image. Normalized coordinates do not depend on the image sizes, so the
+  sizes of the two warps do not matter.
+
+  Args:
+    first: the warp applied to the image first, `[..., 2, 3]` affine or `[..., 3, 3]`
+      projective; a volume's `[..., 3, 4]` or `[..., 4, 4]`. Float or integer.
+    then: the warp applied to its result, of the same dimensionality; the batch dims of
+      the two broadcast.
+
+  Returns:
+    float32 `[..., 2, 3]` (volumes: `[..., 3, 4]`) when both are affine, else the
+    projective `[..., 3, 3]` (`[..., 4, 4]`). The identity on either side returns the
+    other exactly.
+
+  >>> compose_theta(jnp.array([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
+  ...               jnp.array([[1.0, 0.0, 0.5], [0.0, 3.0, 0.0]])).tolist()
+  [[2.0, 0.0, 2.0], [0.0, 3.0, 0.0]]
+  """
+  layout = _validation.THETA_SHAPES
+  thetas = {"first": _as_float32(first, "first", layout),
+            "then": _as_float32(then, "then", layout)}
+  dims = {}
+  for name, theta in thetas.items():
+    if theta.ndim < 2 or theta.shape[-1] not in (3, 4) or theta.shape[-2] not in (
+        theta.shape[-1] - 1, theta.shape[-1]):
+      raise ValueError(f"{name} must have shape {layout}, got shape {tuple(theta.shape)}.")
+    dims[name] = theta.shape[-1] - 1
+  first, then = thetas["first"], thetas["then"]
+  if dims["first"] != dims["then"]:
+    raise ValueError(f"first and then must both transform images or both volumes, got "
+                     f"shapes {tuple(first.shape)} ({dims['first']}-D) and "
+                     f"{tuple(then.shape)} ({dims['then']}-D).")
+  _broadcast_batch({"first": first.shape[:-2], "then": then.shape[:-2]})
+  return _compose_theta(first, then)
+
+
+@jax.jit
+def _compose_theta(first, then):
+  dims = first.shape[-1] - 1
+  product = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+  if first.shape[-2] == then.shape[-2] == dims:  # Affine: [A1 A2, A1 t2 + t1].
+    linear = product(first[..., :dims], then)
+    return jnp.concatenate([linear[..., :dims], linear[..., dims:] + first[..., dims:]], -1)
+  return product(_homogeneous(first), _homogeneous(then))
+
+
+def _homogeneous(theta):
+  """A `[..., d, d + 1]` affine theta as `[..., d + 1, d + 1]`; projective ones as they are."""
+  if theta.shape[-2] == theta.shape[-1]:
+    return theta
+  last_row = jnp.zeros(theta.shape[:-2] + (1, theta.shape[-1]), theta.dtype).at[..., -1].set(1)
+  return jnp.concatenate([theta, last_row], axis=-2)
 
 
 def theta_from_boxes(boxes: jax.Array, in_shape, *, align_corners: bool = False) -> jax.Array:

@@ -93,6 +93,12 @@ class SpatialTransformer(nn.Module):
     method, padding_mode, align_corners, implementation, antialias: passed to the
       sampler (see `stnjax.sample`); `antialias=True` filters where the transform
       shrinks the input, e.g. a glimpse smaller than the region it covers.
+    iterations: N > 1 refines the transform N - 1 times, as the inverse compositional
+      STN (Lin & Lucey 2017): the localization net sees the input warped by the
+      transform so far and regresses a correction, composed after it
+      (`stnjax.compose_theta`); the output samples the input once, with the
+      composition. The steps share the localization net and the regression layer.
+      Matrix families and one head only.
 
   Call with `x` `[B, H, W, C]`; `return_transform=True` also returns a
   `TransformOutput` (params, theta or TPS grid) from the same forward pass. The params
@@ -108,6 +114,7 @@ class SpatialTransformer(nn.Module):
   align_corners: bool = False
   implementation: str = "xla"
   antialias: bool = False
+  iterations: int = 1
 
   @nn.compact
   def __call__(self, x, *, return_transform: bool = False):
@@ -115,6 +122,7 @@ class SpatialTransformer(nn.Module):
     _heads.check_options(self.num_heads, self.heads, self.method, self.padding_mode,
                          self.implementation, self.antialias)
     family = _heads.resolve_transform(self.transform)
+    _heads.check_iterations(self.iterations, family, self.num_heads)
     localization = self.localization
     if localization is None:
       localization = TutorialLocalization(padding="SAME", name="localization")
@@ -122,17 +130,24 @@ class SpatialTransformer(nn.Module):
       # Bound to the module that built it: the transformer takes its own copy, so that
       # a path under the transformer names every parameter it learns.
       localization = localization.clone(parent=self, name="localization")
-    features = localization(x)
-    features = features.reshape(features.shape[0], -1)
     bias = _heads.identity_bias(family, self.num_heads)
-    raw_params = nn.Dense(
+    regression = nn.Dense(
         len(bias), kernel_init=nn.initializers.zeros,
         bias_init=lambda key, shape, dtype=jnp.float32: jnp.asarray(bias, dtype),
-        name="regression")(features)
-    out, info = _heads.warp_heads(
-        family, raw_params, x, num_heads=self.num_heads, heads=self.heads,
-        out_shape=self.out_shape, method=self.method, padding_mode=self.padding_mode,
-        align_corners=self.align_corners, implementation=self.implementation,
-        antialias=self.antialias)
+        name="regression")
+
+    def localize(image):
+      features = localization(image)
+      return regression(features.reshape(features.shape[0], -1))
+
+    sampler = dict(out_shape=self.out_shape, method=self.method,
+                   padding_mode=self.padding_mode, align_corners=self.align_corners,
+                   implementation=self.implementation, antialias=self.antialias)
+    if self.iterations > 1:
+      out, info = _heads.warp_iteratively(family, localize(x), x, localize,
+                                          iterations=self.iterations, **sampler)
+    else:
+      out, info = _heads.warp_heads(family, localize(x), x, num_heads=self.num_heads,
+                                    heads=self.heads, **sampler)
     self.sow("intermediates", "transform_params", info.params)
     return (out, info) if return_transform else out

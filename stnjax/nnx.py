@@ -94,8 +94,7 @@ class SpatialTransformer(nnx.Module):
     localization: any NNX module `[B, H, W, C] -> [B, ...]`; defaults to
       `TutorialLocalization(input_shape, padding="SAME")`.
     transform, out_shape, num_heads, heads, method, padding_mode, align_corners,
-      implementation, antialias: as in
-      `stnjax.SpatialTransformer` (Linen).
+      implementation, antialias, iterations: as in `stnjax.SpatialTransformer` (Linen).
     rngs: for parameter initialization.
 
   Call with `x` `[B, H, W, C]`; `return_transform=True` also returns the
@@ -106,9 +105,12 @@ class SpatialTransformer(nnx.Module):
                transform: Union[str, transforms.Transform] = "affine", out_shape=None,
                num_heads: int = 1, heads: str = "stack", method: str = "bilinear",
                padding_mode: str = "zeros", align_corners: bool = False,
-               implementation: str = "xla", antialias: bool = False, rngs: nnx.Rngs):
+               implementation: str = "xla", antialias: bool = False, iterations: int = 1,
+               rngs: nnx.Rngs):
     _heads.check_options(num_heads, heads, method, padding_mode, implementation, antialias)
     self.family = _heads.resolve_transform(transform)
+    _heads.check_iterations(iterations, self.family, num_heads)
+    self.iterations = iterations
     self.out_shape, self.num_heads, self.heads = out_shape, num_heads, heads
     self.method, self.padding_mode, self.align_corners = method, padding_mode, align_corners
     self.implementation, self.antialias = implementation, antialias
@@ -122,11 +124,18 @@ class SpatialTransformer(nnx.Module):
 
   def __call__(self, x, *, return_transform: bool = False):
     _heads.check_input(x, "SpatialTransformer")
-    features = self.localization(x)
-    raw_params = self.regression(features.reshape(features.shape[0], -1))
-    out, info = _heads.warp_heads(
-        self.family, raw_params, x, num_heads=self.num_heads, heads=self.heads,
-        out_shape=self.out_shape, method=self.method, padding_mode=self.padding_mode,
-        align_corners=self.align_corners, implementation=self.implementation,
-        antialias=self.antialias)
+
+    def localize(image):
+      features = self.localization(image)
+      return self.regression(features.reshape(features.shape[0], -1))
+
+    sampler = dict(out_shape=self.out_shape, method=self.method,
+                   padding_mode=self.padding_mode, align_corners=self.align_corners,
+                   implementation=self.implementation, antialias=self.antialias)
+    if self.iterations > 1:
+      out, info = _heads.warp_iteratively(self.family, localize(x), x, localize,
+                                          iterations=self.iterations, **sampler)
+    else:
+      out, info = _heads.warp_heads(self.family, localize(x), x, num_heads=self.num_heads,
+                                    heads=self.heads, **sampler)
     return (out, info) if return_transform else out

@@ -263,6 +263,8 @@ def volume_family_and_geometry_cases():
            (jnp.asarray(np.stack([square] * 2)), jnp.asarray(np.stack([quad] * 2)))),
       Case("invert_theta", stnjax.invert_theta, (jnp.asarray(THETA),)),
       Case("invert_theta-volume", stnjax.invert_theta, (jnp.asarray(VOLUME_THETA),)),
+      Case("compose_theta", stnjax.compose_theta,
+           (jnp.asarray(THETA), jnp.asarray(THETA)[..., ::-1, :])),
       Case("theta_from_boxes", lambda boxes: stnjax.theta_from_boxes(boxes, IN_SHAPE),
            (jnp.asarray([[1.0, 0.5, 5.5, 4.0]] * 2),)),
   ]
@@ -270,16 +272,20 @@ def volume_family_and_geometry_cases():
 
 # The spatial transformers' regression bias: scale 0.5 and shift -0.125 (for the affine
 # family; a shift of 0.06 for TPS) keep 12x12 -> 6x6 (TPS: 12x12) reads clear of kinks.
-MODULE_BIAS = {"affine": [0.5, 0.0, -0.125, 0.0, 0.5, -0.125], "tps": [0.06] * 32}
+# Two steps (iterations=2) at scale 0.5 without a shift keep both the 12x12 glimpse and
+# the 6x6 output (scale 0.25) clear of kinks.
+MODULE_BIAS = {"affine": [0.5, 0.0, -0.125, 0.0, 0.5, -0.125], "tps": [0.06] * 32,
+               "affine-iterations": [0.5, 0.0, 0.0, 0.0, 0.5, 0.0]}
 
 
-def perturbed(tree, scale=1e-3):
+def perturbed(tree, scale=1e-3, iterated=False):
   """Small random changes to every parameter, so that the localization net moves the
   transform; a spatial transformer's regression bias is set to MODULE_BIAS."""
   def change(path, leaf):
     names = "/".join(str(getattr(k, "key", k)) for k in path)
     if "regression" in names and "bias" in names:
       family = "tps" if leaf.shape[-1] % 32 == 0 else "affine"
+      family += "-iterations" if iterated else ""
       return jnp.asarray(np.resize(MODULE_BIAS[family], leaf.shape), leaf.dtype)
     return leaf + scale * random_array(leaf.shape, len(names))
   return jax.tree_util.tree_map_with_path(change, tree)
@@ -291,7 +297,8 @@ LOCALIZATION_CHECKS = dict(second_order=False, step=1e-7, float64=True,
 
 
 def linen_case(name, module, x):
-  variables = perturbed(module.init(jax.random.key(0), x))
+  variables = perturbed(module.init(jax.random.key(0), x),
+                        iterated=getattr(module, "iterations", 1) > 1)
   if isinstance(module, stnjax.SpatialTransformer):
     assert_reads_clear_of_kinks(module.apply(variables, x, return_transform=True)[1], module)
   checks = MODULE_CHECKS if isinstance(module, stnjax.SpatialTransformer) else LOCALIZATION_CHECKS
@@ -314,11 +321,19 @@ def assert_reads_clear_of_kinks(transform_output, module):
   if grid is None:
     grid = stnjax.affine_grid(transform_output.theta, module.out_shape or (12, 12))
   assert_clear_of_kinks(grid, (12, 12), margin=0.05)
+  if getattr(module, "iterations", 1) > 1:  # And the glimpse each later step sees.
+    theta = transforms.affine().theta(transform_output.params[:, 0])
+    for step in range(1, module.iterations):
+      assert_clear_of_kinks(stnjax.affine_grid(theta, (12, 12)), (12, 12), margin=0.05)
+      step_theta = transforms.affine().theta(transform_output.params[:, step])
+      theta = stnjax.compose_theta(theta, step_theta)
 
 
 MODULE_INPUT = random_array((2, 12, 12, 1), 5)
 MODULES = {
     "linen.SpatialTransformer": stnjax.SpatialTransformer(out_shape=(6, 6)),
+    "linen.SpatialTransformer-2iterations": stnjax.SpatialTransformer(out_shape=(6, 6),
+                                                                      iterations=2),
     "linen.SpatialTransformer-tps-2heads": stnjax.SpatialTransformer(
         transform="tps", num_heads=2, heads="concat"),
     "nnx.SpatialTransformer": stnjax.nnx.SpatialTransformer((12, 12, 1), out_shape=(6, 6),

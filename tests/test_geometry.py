@@ -194,6 +194,63 @@ def test_sampling_with_the_inverse_undoes_the_warp():
   np.testing.assert_allclose(np.asarray(back)[inside], np.asarray(image)[inside], atol=1e-4)
 
 
+# compose_theta
+
+
+def homogeneous(theta):
+  theta = np.asarray(theta, np.float64)
+  if theta.shape[-2] == theta.shape[-1]:
+    return theta
+  last_row = np.zeros(theta.shape[:-2] + (1, theta.shape[-1]))
+  last_row[..., -1] = 1
+  return np.concatenate([theta, last_row], axis=-2)
+
+
+@pytest.mark.parametrize("first_shape, then_shape, out_shape", [
+    ((2, 3), (2, 3), (2, 3)),
+    ((4, 2, 3), (3, 3), (4, 3, 3)),
+    ((3, 3), (5, 1, 2, 3), (5, 1, 3, 3)),
+    ((2, 1, 3, 4), (3, 3, 4), (2, 3, 3, 4)),
+    ((3, 4), (4, 4), (4, 4)),
+])
+def test_compose_theta_is_the_product_of_the_homogeneous_matrices(first_shape, then_shape,
+                                                                  out_shape):
+  rng = np.random.default_rng(7)
+  first, then = (np.eye(shape[-2], shape[-1]) + rng.uniform(-0.3, 0.3, shape)
+                 for shape in (first_shape, then_shape))
+  composed = geometry.compose_theta(first, then)
+  assert composed.shape == out_shape and composed.dtype == jnp.float32
+  expected = homogeneous(first) @ homogeneous(then)
+  np.testing.assert_allclose(composed, expected[..., :out_shape[-2], :], atol=1e-6)
+  # The identity on either side gives the other back exactly.
+  identity = np.eye(first_shape[-2], first_shape[-1])
+  np.testing.assert_array_equal(geometry.compose_theta(identity, then),
+                                homogeneous(np.asarray(then, np.float32))[..., :out_shape[-2], :])
+  np.testing.assert_array_equal(geometry.compose_theta(first, np.eye(*then_shape[-2:])),
+                                homogeneous(np.asarray(first, np.float32))[..., :out_shape[-2], :])
+
+
+def test_sampling_with_the_composition_equals_warping_twice():
+  first = jnp.array([[0.7, -0.2, 0.05], [0.15, 0.6, -0.1]])
+  then = jnp.array([[0.8, 0.05, -0.05], [-0.08, 0.8, 0.04]])
+  image = ramp_image((13, 17))
+  # A linear ramp is read back exactly by bilinear sampling, and both warps shrink
+  # towards the middle, so every read lies inside: the two agree to float rounding, also
+  # with a first warp to another size.
+  twice = stnjax.sample(then, stnjax.sample(first, image, (11, 19)), (9, 7))
+  once = stnjax.sample(geometry.compose_theta(first, then), image, (9, 7))
+  np.testing.assert_allclose(once, twice, atol=1e-4)
+  # Two projective warps: their composition warps the grid points alike.
+  first_p = jnp.concatenate([first, jnp.array([[0.05, -0.04, 1.0]])])
+  then_p = jnp.concatenate([then, jnp.array([[-0.03, 0.06, 1.0]])])
+  grid = stnjax.affine_grid(then_p, (9, 7))
+  through_first = np.einsum("ij,hwj->hwi", np.asarray(first_p),
+                            np.concatenate([grid, np.ones((9, 7, 1))], -1))
+  np.testing.assert_allclose(
+      stnjax.affine_grid(geometry.compose_theta(first_p, then_p), (9, 7)),
+      through_first[..., :2] / through_first[..., 2:], atol=1e-5)
+
+
 # theta_from_boxes
 
 
@@ -275,6 +332,8 @@ def test_jit_and_vmap_match_eager_batched_calls():
       (geometry.rotation_matrix, (centres, angles)),
       (geometry.perspective_matrix, (points, targets)),
       (geometry.invert_theta, (geometry.rotation_matrix(centres, angles),)),
+      (geometry.compose_theta, (geometry.rotation_matrix(centres, angles),
+                                geometry.rotation_matrix(centres[::-1], angles))),
       (lambda b: geometry.theta_from_boxes(b, (20, 30), align_corners=True), (boxes,)),
   ]
   for function, args in cases:
@@ -294,6 +353,8 @@ def test_gradients_match_finite_differences():
   check(geometry.invert_theta, (jnp.array([[1.1, 0.2, 0.3], [-0.1, 0.9, 0.2]]),))
   check(geometry.invert_theta, (jnp.array([[1.1, 0.2, 0.3], [-0.1, 0.9, 0.2], [0.1, 0.0, 1.0]]),))
   check(lambda b: geometry.theta_from_boxes(b, (5, 7)), (jnp.array([1.0, 0.5, 5.0, 4.0]),))
+  check(geometry.compose_theta, (jnp.array([[1.1, 0.2, 0.3], [-0.1, 0.9, 0.2]]),
+                                 jnp.array([[0.8, 0.1, -0.2], [0.3, 1.2, 0.1], [0.1, 0.2, 1.0]])))
   # At a quarter turn, where the angle is reduced: d(scale * cos)/d(angle) = -pi / 180.
   d_alpha = jax.grad(lambda a: geometry.rotation_matrix(jnp.zeros(2), a)[0, 0])(90.0)
   np.testing.assert_allclose(d_alpha, -np.pi / 180, rtol=1e-6)
@@ -318,6 +379,14 @@ def test_gradients_match_finite_differences():
      r"theta must have shape \[\.\.\., 2, 3\] or \[\.\.\., 3, 3\] \(2-D\).*got shape \(2, 2\)"),
     (lambda: geometry.invert_theta(jnp.zeros((2, 3), jnp.complex64)), TypeError,
      r"theta must have a float or integer dtype, got complex64"),
+    (lambda: geometry.compose_theta(jnp.eye(2, 3), jnp.zeros((3, 2))), ValueError,
+     r"then must have shape \[\.\.\., 2, 3\] or \[\.\.\., 3, 3\] \(2-D\).*got shape \(3, 2\)"),
+    (lambda: geometry.compose_theta(jnp.eye(2, 3), jnp.eye(3, 4)), ValueError,
+     r"both transform images or both volumes, got shapes \(2, 3\) \(2-D\) and \(3, 4\) \(3-D\)"),
+    (lambda: geometry.compose_theta(jnp.zeros((2, 2, 3)), jnp.zeros((3, 2, 3))), ValueError,
+     r"batch dims must broadcast.*first \(2,\), then \(3,\)"),
+    (lambda: geometry.compose_theta("first", jnp.eye(2, 3)), TypeError,
+     r"first must be a real array"),
     (lambda: geometry.theta_from_boxes(jnp.zeros((2, 5)), (5, 7)), ValueError,
      r"boxes must have shape \[\.\.\., 4\] \(x_min, y_min, x_max, y_max\), got shape \(2, 5\)"),
     (lambda: geometry.theta_from_boxes(jnp.zeros(4), (5,)), ValueError,

@@ -50,12 +50,52 @@ def test_identity_at_init_for_every_family_in_both_apis(name, method):
 def test_linen_and_nnx_agree_for_the_same_parameters():
   x = random_input()
   for options in ({}, {"transform": "tps", "out_shape": (9, 11)},
-                  {"transform": "projective", "num_heads": 2, "heads": "concat"}):
+                  {"transform": "projective", "num_heads": 2, "heads": "concat"},
+                  {"iterations": 2, "out_shape": (9, 11)},
+                  {"transform": "projective", "iterations": 3}):
     linen_model = stnjax.SpatialTransformer(**options)
     params = perturbed(linen_model.init(jax.random.key(0), x)["params"])
     expected = linen_model.apply({"params": params}, x)
     assert not np.allclose(expected[:, :1], x[:, :1] if expected.shape == x.shape else 0)
     np.testing.assert_allclose(nnx_twin(params, **options)(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("transform", ["affine", "projective"])
+def test_iterations_refine_the_transform_from_the_warped_input(transform):
+  x = random_input()
+  model = stnjax.SpatialTransformer(transform=transform, iterations=3, out_shape=(9, 11))
+  one_step = stnjax.SpatialTransformer(transform=transform)
+  variables = model.init(jax.random.key(0), x)
+  # The steps share one localization net and regression: the parameters of one step.
+  assert (jax.tree.map(jnp.shape, variables)
+          == jax.tree.map(jnp.shape, one_step.init(jax.random.key(0), x)))
+  np.testing.assert_array_equal(
+      stnjax.SpatialTransformer(transform=transform, iterations=3).apply(variables, x), x)
+  params = perturbed(variables["params"])
+  out, info = model.apply({"params": params}, x, return_transform=True)
+  family = transforms.get(transform)
+  assert info.params.shape == (3, 3, family.num_params)
+  # Each step is one step's transformer applied to the input warped so far.
+  theta, glimpse = None, x
+  for step in range(3):
+    _, step_info = one_step.apply({"params": params}, glimpse, return_transform=True)
+    np.testing.assert_allclose(info.params[:, step], step_info.params, atol=1e-5)
+    theta = step_info.theta if theta is None else stnjax.compose_theta(theta, step_info.theta)
+    glimpse = stnjax.sample(theta, x)
+  assert not np.allclose(info.params[:, 1], info.params[:, 0], atol=1e-3)
+  np.testing.assert_allclose(info.theta, theta, atol=1e-5)
+  np.testing.assert_allclose(out, stnjax.sample(theta, x, (9, 11)), atol=1e-5)
+
+
+def test_gradients_reach_the_localization_net_through_the_second_step():
+  x = random_input()
+  model = stnjax.SpatialTransformer(iterations=2)
+  params = perturbed(model.init(jax.random.key(0), x)["params"])
+  # A loss on the second step's correction alone reaches the shared net.
+  correction = lambda p: model.apply({"params": p}, x, return_transform=True)[1].params[:, 1]
+  grads = jax.grad(lambda p: (correction(p) ** 2).sum())(params)
+  for layer in ("conv_0", "conv_1", "dense_0"):
+    assert np.abs(grads["localization"][layer]["kernel"]).max() > 0, layer
 
 
 def classification_loss(out, labels):
@@ -231,6 +271,14 @@ def test_idsia_preset_concatenates_two_scales():
      "num_heads must be a positive int"),
     (lambda: stnjax.nnx.SpatialTransformer(SHAPE, rngs=nnx.Rngs(0))(random_input(shape=(13, 16, 2))),
      r"built for inputs \[B, 13, 17, 2\], got \(3, 13, 16, 2\)"),
+    (lambda: stnjax.SpatialTransformer(iterations=0).init(jax.random.key(0), random_input()),
+     "iterations must be a positive int, got 0"),
+    (lambda: stnjax.nnx.SpatialTransformer(SHAPE, transform="tps", iterations=2,
+                                           rngs=nnx.Rngs(0)),
+     "iterations > 1 composes matrices; the 'tps' family has none"),
+    (lambda: stnjax.SpatialTransformer(iterations=2, num_heads=2).init(jax.random.key(0),
+                                                                       random_input()),
+     "iterations > 1 refines one transform; got num_heads=2"),
     (lambda: stnjax.linen.Localization(padding="same").init(jax.random.key(0), random_input()),
      "padding must be 'VALID' or 'SAME', got 'same'"),
 ])
