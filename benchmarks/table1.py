@@ -48,7 +48,7 @@ BUDGET = {"max_train_examples": 15000, "num_epochs": 4, "batch_size": 32,
 # on R (docs/results.md; the CNN has no localization net, so only the curriculum changes
 # it); recipe_long: the same on every training image.
 RECIPE = dict(BUDGET, **{name: getattr(configs.recipe(), name)
-                         for name in ("distortion_warmup", "localization")})
+                         for name in ("distortion_warmup", "localization", "stn_iterations")})
 BUDGETS = {"standard": BUDGET, "long": dict(BUDGET, max_train_examples=55000),
            "curriculum": dict(BUDGET, distortion_warmup=0.5),
            "recipe": RECIPE, "recipe_long": dict(RECIPE, max_train_examples=55000)}

@@ -280,13 +280,15 @@ def test_distortion_curriculum_grows_from_none():
                              np.arctan2(full[1, 0], full[0, 0]) / 2, rtol=1e-5)
 
 
-def test_distortion_warmup_and_the_large_localization_net_train(tiny_idx, tmp_path):
+def test_the_recipe_settings_train(tiny_idx, tmp_path):
+  """The curriculum, the large localization net and a transformer in two steps."""
   workdir = tmp_path / "run"
   args = flags(tiny_idx, workdir, "--num_epochs", "1", "--distortion_warmup", "0.5",
-               "--localization", "large")
+               "--localization", "large", "--stn_iterations", "2")
   assert distorted_mnist.main(args) == 0
   config = json.loads((workdir / "results.json").read_text())["config"]
   assert config["distortion_warmup"] == 0.5 and config["localization"] == "large"
+  assert config["stn_iterations"] == 2
   params = restore_state((workdir / "checkpoints" / "5" / "state").resolve())["params"]
   localization = params["stn_0"]["localization"]
   assert localization["conv_1"]["kernel"].shape == (5, 5, 32, 64)
@@ -305,10 +307,14 @@ def test_a_run_saved_before_a_setting_existed_resumes_with_its_default(tmp_path)
 def test_bad_flags_are_rejected(tiny_idx, tmp_path, capsys):
   for bad in (["--stn", "shear"], ["--batch_size", "0"], ["--distortion", "x"],
               ["--stn_out_size", "0"], ["--distortion_warmup", "2"],
-              ["--distortion", "tc", "--distortion_warmup", "0.5"], ["--localization", "huge"]):
+              ["--distortion", "tc", "--distortion_warmup", "0.5"], ["--localization", "huge"],
+              ["--stn_iterations", "0"]):
     with pytest.raises(SystemExit):
       distorted_mnist.main(flags(tiny_idx, tmp_path / "run", *bad))
   assert "--stn must be 'none' or one of" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    distorted_mnist.main(flags(tiny_idx, tmp_path / "run", "--stn", "tps", "--stn_iterations", "2"))
+  assert "--stn_iterations 2 composes matrices; --stn tps has none" in capsys.readouterr().err
 
 
 def free_port():

@@ -35,6 +35,7 @@ class Config:
   num_transformers: int = 1
   stn_out_size: Optional[int] = None  # side of the transformer's output; None: the input's
   antialias: bool = False
+  stn_iterations: int = 1  # the transformer's refinement steps (inverse compositional)
   seed: int = 0
   max_train_examples: Optional[int] = None
   validation_examples: int = 5000
@@ -79,6 +80,8 @@ HELP = {
     "num_transformers": "spatial transformers (GTSRB: 2 adds one before the 2nd conv block)",
     "stn_out_size": "side of the spatial transformer's square output (default: the input's)",
     "antialias": "antialiased sampling where the transformer shrinks the input",
+    "stn_iterations": ("steps of each spatial transformer: from the 2nd on, its localization "
+                       "net sees the input warped so far and corrects the transform"),
     "seed": "fixes initialization, data order, distortions and dropout",
     "max_train_examples": "use only the first N training examples (quick runs)",
     "validation_examples": "training examples held out for validation",
@@ -146,7 +149,7 @@ def check(config: Config) -> None:
   if config.program not in PROGRAM_FIELDS:
     raise ConfigError(f"program must be one of {sorted(PROGRAM_FIELDS)}, got {config.program!r}")
   positive = ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps",
-              "keep_checkpoints", "num_transformers", "log_every_steps")
+              "keep_checkpoints", "num_transformers", "log_every_steps", "stn_iterations")
   for name in positive:
     if getattr(config, name) < 1:
       raise ConfigError(f"--{name} must be >= 1, got {getattr(config, name)}")
@@ -207,10 +210,14 @@ def check_resumable(saved: dict, config: Config, workdir) -> None:
 
 
 def check_stn(config: Config, parser: argparse.ArgumentParser) -> None:
-  """--stn names a stnjax transform family or "none"."""
+  """--stn names a stnjax transform family or "none" that --stn_iterations can refine."""
   from stnjax import transforms
   if config.stn != "none" and config.stn not in transforms.names():
     parser.error(f"--stn must be 'none' or one of {transforms.names()}, got {config.stn!r}")
+  family = None if config.stn == "none" else transforms.get(config.stn)
+  if config.stn_iterations > 1 and family is not None and family.theta is None:
+    parser.error(f"--stn_iterations {config.stn_iterations} composes matrices; --stn "
+                 f"{config.stn} has none (affine and projective do)")
 
 
 def maybe_initialize_distributed(config: Config) -> bool:

@@ -58,7 +58,8 @@ def build(config: config_lib.Config):
   model = models.DigitCnn(num_classes=idx.NUM_CLASSES,
                           stn=None if config.stn == "none" else config.stn,
                           stn_out_size=config.stn_out_size, antialias=config.antialias,
-                          localization=config.localization)
+                          localization=config.localization,
+                          stn_iterations=config.stn_iterations)
   return make_task(config), model
 
 

@@ -53,7 +53,8 @@ def build(config: config_lib.Config):
   """The task and the model a config describes."""
   model = models.IdsiaNet(num_classes=gtsrb.NUM_CLASSES,
                           stn=None if config.stn == "none" else config.stn,
-                          num_transformers=config.num_transformers, antialias=config.antialias)
+                          num_transformers=config.num_transformers, antialias=config.antialias,
+                          stn_iterations=config.stn_iterations)
   return make_task(config), model
 
 

@@ -35,13 +35,15 @@ class DigitCnn(nn.Module):
   classifier on a 128-unit hidden layer. With `stn`, a spatial transformer of that
   family (its localization net from DIGIT_LOCALIZATIONS; "paper": conv 20@5x5 x2 on a
   2x downsampled input, fc 20) warps the input first, to `stn_out_size` (default: the
-  input's size), with antialiased sampling if `antialias`.
+  input's size), with antialiased sampling if `antialias`, in `stn_iterations` steps
+  (`stnjax.SpatialTransformer`'s `iterations`).
   """
   num_classes: int = 10
   stn: Optional[str] = None
   stn_out_size: Optional[int] = None
   antialias: bool = False
   localization: str = "paper"
+  stn_iterations: int = 1
 
   @nn.compact
   def __call__(self, x, *, train: bool = False, return_transform: bool = False):
@@ -52,7 +54,8 @@ class DigitCnn(nn.Module):
           localization=stnjax.linen.Localization(
               layers=DIGIT_LOCALIZATIONS[self.localization], padding="SAME"),
           transform=self.stn, out_shape=self.stn_out_size and (self.stn_out_size,) * 2,
-          antialias=self.antialias, name="stn_0")(x, return_transform=True)
+          antialias=self.antialias, iterations=self.stn_iterations,
+          name="stn_0")(x, return_transform=True)
     x = nn.max_pool(nn.relu(nn.Conv(32, (9, 9))(x)), (2, 2), (2, 2))
     x = nn.max_pool(nn.relu(nn.Conv(64, (7, 7))(x)), (2, 2), (2, 2))
     x = nn.relu(nn.Dense(128)(x.reshape(x.shape[0], -1)))
@@ -67,13 +70,15 @@ class IdsiaNet(nn.Module):
   pooled output (pooled again to a common 4x4 grid) concatenated (multi-scale), fc 300,
   43 classes; batch norm after each convolution, dropout before the classifier.
   `num_transformers` 1 puts an ST (IDSIA localization net) on the input; 2 adds one
-  before the second conv block, as Moodstocks did.
+  before the second conv block, as Moodstocks did. Each transformer takes
+  `stn_iterations` steps (`stnjax.SpatialTransformer`'s `iterations`).
   """
   num_classes: int = 43
   stn: Optional[str] = None
   num_transformers: int = 1
   dropout: float = 0.3
   antialias: bool = False
+  stn_iterations: int = 1
 
   @nn.compact
   def __call__(self, x, *, train: bool = False, return_transform: bool = False):
@@ -82,7 +87,8 @@ class IdsiaNet(nn.Module):
     def transformer(x, index):
       x, transform = stnjax.SpatialTransformer(
           localization=stnjax.linen.IdsiaLocalization(), transform=self.stn,
-          antialias=self.antialias, name=f"stn_{index}")(x, return_transform=True)
+          antialias=self.antialias, iterations=self.stn_iterations,
+          name=f"stn_{index}")(x, return_transform=True)
       transforms.append(transform)
       return x
 
