@@ -72,6 +72,17 @@ def identity_bias(family: transforms.Transform, num_heads: int) -> np.ndarray:
   return np.tile(np.asarray(family.identity_params, np.float32), num_heads)
 
 
+def localize_and_warp(family, localize, x, *, iterations, num_heads, heads, **sampler):
+  """Regresses the transform with `localize` (`[B, H, W, C] -> [B, K * P]`) and warps x,
+  in one step or, with `iterations` > 1, in several (`warp_iteratively`).
+
+  `sampler`: out_shape, method, padding_mode, align_corners, implementation, antialias.
+  """
+  if iterations > 1:
+    return warp_iteratively(family, localize(x), x, localize, iterations=iterations, **sampler)
+  return warp_heads(family, localize(x), x, num_heads=num_heads, heads=heads, **sampler)
+
+
 def warp_heads(family, raw_params, x, *, num_heads, heads, out_shape, method, padding_mode,
                align_corners, implementation, antialias=False):
   """Warps x `[B, H, W, C]` with regressed `raw_params` `[B, K * P]`.

@@ -129,13 +129,9 @@ class SpatialTransformer(nnx.Module):
       features = self.localization(image)
       return self.regression(features.reshape(features.shape[0], -1))
 
-    sampler = dict(out_shape=self.out_shape, method=self.method,
-                   padding_mode=self.padding_mode, align_corners=self.align_corners,
-                   implementation=self.implementation, antialias=self.antialias)
-    if self.iterations > 1:
-      out, info = _heads.warp_iteratively(self.family, localize(x), x, localize,
-                                          iterations=self.iterations, **sampler)
-    else:
-      out, info = _heads.warp_heads(self.family, localize(x), x, num_heads=self.num_heads,
-                                    heads=self.heads, **sampler)
+    out, info = _heads.localize_and_warp(
+        self.family, localize, x, iterations=self.iterations, num_heads=self.num_heads,
+        heads=self.heads, out_shape=self.out_shape, method=self.method,
+        padding_mode=self.padding_mode, align_corners=self.align_corners,
+        implementation=self.implementation, antialias=self.antialias)
     return (out, info) if return_transform else out
