@@ -44,9 +44,9 @@ BUDGET = {"max_train_examples": 15000, "num_epochs": 4, "batch_size": 32,
 # steps, for the distortions where the transformer needs longer to learn (R).
 # --budget curriculum: the same, with the training distortions grown from none to full
 # over the first half of the steps (--distortion_warmup), for CNN and ST-CNN alike.
-# --budget recipe: the curriculum with the large localization net, the screening's best
-# on R (docs/results.md; the CNN has no localization net, so only the curriculum changes
-# it); recipe_long: the same on every training image.
+# --budget recipe: the curriculum with the large localization net in a transformer of
+# two steps, the screening's best on R (docs/results.md; the CNN has no transformer, so
+# only the curriculum changes it); recipe_long: the same on every training image.
 RECIPE = dict(BUDGET, **{name: getattr(configs.recipe(), name)
                          for name in ("distortion_warmup", "localization", "stn_iterations")})
 BUDGETS = {"standard": BUDGET, "long": dict(BUDGET, max_train_examples=55000),
