@@ -55,14 +55,16 @@ def table1() -> Config:
 
 def recipe() -> Config:
   """`table1`'s budget with the recipe that makes the transformer turn digits upright:
-  the training distortions grown from none over the first half of the steps, and the
-  large localization net (`benchmarks/table1.py --budget recipe`).
+  the training distortions grown from none over the first half of the steps, the
+  large localization net, and a transformer of two steps (`benchmarks/table1.py
+  --budget recipe`).
 
-  Expected result (docs/results.md, test error %, 3 seeds, 2-core CPU): R: CNN
-  (`--stn none`) 21.47 ± 0.25, ST-CNN affine 18.98 ± 0.34 (ratio 0.88), rotation spread
-  54.4 -> 27.5 degrees (ratio 0.47-0.52), 4 minutes a run; RTS: CNN 26.38 ± 0.56, ST-CNN
-  affine 17.95 ± 1.04 (ratio 0.68), 9 minutes a run. With `--num_epochs 8`, R: CNN
-  18.26 ± 0.26, ST-CNN affine 16.19 ± 0.26 (ratio 0.89), rotation ratio 0.45-0.47.
+  Expected result (docs/results.md, test error %, 2-core CPU): R, 3 seeds: CNN
+  (`--stn none`) 21.47 ± 0.18, ST-CNN affine 17.43 ± 0.20 (ratio 0.81), rotation
+  spread 54.4 -> 23.7-31.8 degrees (ratio 0.43-0.58), 1.3 and 3 minutes a run; RTS,
+  seed 0: CNN 26.44, ST-CNN affine 14.85 (ratio 0.56), 5.5 and 9.6 minutes. With one
+  step (`--stn_iterations 1`, an earlier session): R 18.98 ± 0.34 (ratio 0.88), RTS
+  17.95 ± 1.04 (ratio 0.68).
   """
   return dataclasses.replace(table1(), distortion_warmup=0.5, localization="large",
                              stn_iterations=2)
