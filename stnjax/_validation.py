@@ -88,16 +88,16 @@ def check_image(image, name: str = "image", dims: int = 2) -> None:
 THETA_SHAPES = "[..., 2, 3] or [..., 3, 3] (2-D), [..., 3, 4] or [..., 4, 4] (3-D)"
 
 
-def check_theta(theta) -> int:
+def check_theta(theta, name: str = "theta") -> int:
   """Returns the number of spatial dims theta transforms: 2 or 3."""
   if not hasattr(theta, "shape") or not hasattr(theta, "dtype"):
-    raise TypeError(f"theta must be an array {THETA_SHAPES}, got {type(theta).__name__}.")
+    raise TypeError(f"{name} must be an array {THETA_SHAPES}, got {type(theta).__name__}.")
   if theta.ndim < 2 or theta.shape[-1] not in (3, 4) or theta.shape[-2] not in (
       theta.shape[-1] - 1, theta.shape[-1]):
-    raise ValueError(f"theta must have shape {THETA_SHAPES} (affine or projective), "
+    raise ValueError(f"{name} must have shape {THETA_SHAPES} (affine or projective), "
                      f"got shape {tuple(theta.shape)}.")
   if not jnp.issubdtype(jnp.dtype(theta.dtype), jnp.floating):
-    raise TypeError(f"theta must have a floating dtype, got {jnp.dtype(theta.dtype)}.")
+    raise TypeError(f"{name} must have a floating dtype, got {jnp.dtype(theta.dtype)}.")
   return theta.shape[-1] - 1
 
 

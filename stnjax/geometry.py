@@ -240,12 +240,7 @@ def compose_theta(first: jax.Array, then: jax.Array) -> jax.Array:
   layout = _validation.THETA_SHAPES
   thetas = {"first": _as_float32(first, "first", layout),
             "then": _as_float32(then, "then", layout)}
-  dims = {}
-  for name, theta in thetas.items():
-    if theta.ndim < 2 or theta.shape[-1] not in (3, 4) or theta.shape[-2] not in (
-        theta.shape[-1] - 1, theta.shape[-1]):
-      raise ValueError(f"{name} must have shape {layout}, got shape {tuple(theta.shape)}.")
-    dims[name] = theta.shape[-1] - 1
+  dims = {name: _validation.check_theta(theta, name) for name, theta in thetas.items()}
   first, then = thetas["first"], thetas["then"]
   if dims["first"] != dims["then"]:
     raise ValueError(f"first and then must both transform images or both volumes, got "
@@ -262,15 +257,7 @@ def _compose_theta(first, then):
   if first.shape[-2] == then.shape[-2] == dims:  # Affine: [A1 A2, A1 t2 + t1].
     linear = product(first[..., :dims], then)
     return jnp.concatenate([linear[..., :dims], linear[..., dims:] + first[..., dims:]], -1)
-  return product(_homogeneous(first), _homogeneous(then))
-
-
-def _homogeneous(theta):
-  """A `[..., d, d + 1]` affine theta as `[..., d + 1, d + 1]`; projective ones as they are."""
-  if theta.shape[-2] == theta.shape[-1]:
-    return theta
-  last_row = jnp.zeros(theta.shape[:-2] + (1, theta.shape[-1]), theta.dtype).at[..., -1].set(1)
-  return jnp.concatenate([theta, last_row], axis=-2)
+  return product(grid_lib._to_homogeneous(first), grid_lib._to_homogeneous(then))
 
 
 def theta_from_boxes(boxes: jax.Array, in_shape, *, align_corners: bool = False) -> jax.Array:

@@ -217,9 +217,10 @@ def _check_matrix(matrix, name):
 
 
 def _to_homogeneous(matrix):
-  if matrix.shape[-2] == 3:
+  """An affine `[..., d, d + 1]` matrix as `[..., d + 1, d + 1]`; square ones as they are."""
+  if matrix.shape[-2] == matrix.shape[-1]:
     return matrix
-  last_row = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0], matrix.dtype), matrix.shape[:-2] + (1, 3))
+  last_row = jnp.zeros(matrix.shape[:-2] + (1, matrix.shape[-1]), matrix.dtype).at[..., -1].set(1)
   return jnp.concatenate([matrix, last_row], axis=-2)
 
 
