@@ -62,7 +62,8 @@ def recipe() -> Config:
   Expected result (docs/results.md, test error %, 2-core CPU): R, 3 seeds: CNN
   (`--stn none`) 21.47 ± 0.18, ST-CNN affine 17.43 ± 0.20 (ratio 0.81), rotation
   spread 54.4 -> 23.7-31.8 degrees (ratio 0.43-0.58), 1.3 and 3 minutes a run; RTS,
-  seed 0: CNN 26.44, ST-CNN affine 14.85 (ratio 0.56), 5.5 and 9.6 minutes. With one
+  3 seeds: CNN 26.57 ± 0.22, ST-CNN affine 15.45 ± 0.84 (ratio 0.58), rotation spread
+  26.2 -> 10.0-14.5 degrees (ratio 0.38-0.55), 3-5.5 and 6-10 minutes. With one
   step (`--stn_iterations 1`, an earlier session): R 18.98 ± 0.34 (ratio 0.88), RTS
   17.95 ± 1.04 (ratio 0.68).
   """
