@@ -301,6 +301,9 @@ def read(images, coords, padding_mode, align_corners, implementation):
       blend, *(used.astype(jnp.float32) for used in (on_image_used, coarse_used, second_used))))
   blend = per_point[6]
   on_image_used, coarse_used, second_used = (flag > 0 for flag in per_point[7:])
+  # Whether some point of the batch needs each read: one reduction for the three.
+  image_needed, coarse_needed, second_needed = jnp.any(
+      jnp.stack(per_point[7:]).reshape(3, -1) > 0, axis=1)
   # Zeros that vary across a shard_map mesh as the reads do (lax.cond's branches must
   # agree): from the points and the images, not a constant.
   zeros = (jnp.zeros_like(per_point[0])[..., None]
@@ -310,18 +313,18 @@ def read(images, coords, padding_mode, align_corners, implementation):
   # A read no point of the batch needs is skipped (the image where every point's
   # footprint is longer than about 4.4 pixels, sqrt(19), the pyramid where no point's
   # exceeds 1); under vmap both branches run, as a select.
-  def read_if(used, array, coords):
-    return jax.lax.cond(jnp.any(used),
+  def read_if(needed, array, coords):
+    return jax.lax.cond(needed,
                         lambda: _interpolation.bilinear(array, coords, implementation),
                         lambda: zeros)
 
   def coarse():
     atlas = pyramid_atlas(images, padding_mode)
     return [_interpolation.bilinear(atlas, per_point[2:4], implementation),
-            read_if(second_used, atlas, per_point[4:6])]
+            read_if(second_needed, atlas, per_point[4:6])]
 
-  on_image_read = read_if(on_image_used, images, per_point[0:2])
-  first_read, second_read = jax.lax.cond(jnp.any(coarse_used), coarse, lambda: [zeros, zeros])
+  on_image_read = read_if(image_needed, images, per_point[0:2])
+  first_read, second_read = jax.lax.cond(coarse_needed, coarse, lambda: [zeros, zeros])
   low = jnp.where(on_image_used[..., None], on_image_read, first_read)
   high = jnp.where(on_image_used[..., None], first_read, second_read)
   # Where nothing is blended, neither the value nor the gradient sees the unused read.
