@@ -300,7 +300,7 @@ def read(images, coords, padding_mode, align_corners, implementation):
       *where_used(second_used, _in_atlas(upper_x, upper_y, lower + 1, image_size, padding_mode)),
       blend, *(used.astype(jnp.float32) for used in (on_image_used, coarse_used, second_used))))
   blend = per_point[6]
-  on_image_used, coarse_used, second_used = (flag > 0 for flag in per_point[7:])
+  on_image_used = per_point[7] > 0
   # Whether some point of the batch needs each read: one reduction for the three.
   image_needed, coarse_needed, second_needed = jnp.any(
       jnp.stack(per_point[7:]).reshape(3, -1) > 0, axis=1)
