@@ -238,14 +238,14 @@ def compose_theta(first: jax.Array, then: jax.Array) -> jax.Array:
   [[2.0, 0.0, 2.0], [0.0, 3.0, 0.0]]
   """
   layout = _validation.THETA_SHAPES
-  thetas = {"first": _as_float32(first, "first", layout),
-            "then": _as_float32(then, "then", layout)}
-  dims = {name: _validation.check_theta(theta, name) for name, theta in thetas.items()}
-  first, then = thetas["first"], thetas["then"]
-  if dims["first"] != dims["then"]:
+  first = _as_float32(first, "first", layout)
+  then = _as_float32(then, "then", layout)
+  first_dims = _validation.check_theta(first, "first")
+  then_dims = _validation.check_theta(then, "then")
+  if first_dims != then_dims:
     raise ValueError(f"first and then must both transform images or both volumes, got "
-                     f"shapes {tuple(first.shape)} ({dims['first']}-D) and "
-                     f"{tuple(then.shape)} ({dims['then']}-D).")
+                     f"shapes {tuple(first.shape)} ({first_dims}-D) and "
+                     f"{tuple(then.shape)} ({then_dims}-D).")
   _broadcast_batch({"first": first.shape[:-2], "then": then.shape[:-2]})
   return _compose_theta(first, then)
 
