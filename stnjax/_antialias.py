@@ -12,7 +12,9 @@ footprint:
     same over an image for an affine theta, per pixel for a projective one or a grid).
   * The box-filtered reference (the mean of bilinear reads over the footprint) has
     variance `long**2 / 12 + 1 / 6` along the long side: that is the read's target,
-    plus some more where the plain read sits near a whole pixel (`_target_spread`).
+    plus some more where the plain read sits near a whole pixel, and at least level
+    1's largest spread where the footprint's short side exceeds about 3.2 pixels
+    (`_target_spread`).
   * Each level's read has a known variance: the cascaded filters' `(4**l - 1) / 4`
     plus the bilinear weights' own, `4**l * f * (1 - f)` for the fractional position
     `f` on that level. Two neighbouring levels are blended so that the read's variance
@@ -28,13 +30,14 @@ The coarser levels are laid out in one image (an atlas), stacked, each with a ri
 zeros, so that one bilinear read with the clamped coordinates of any level sees exactly
 that level with zero padding. Each point then needs two reads: the image and level 1, or
 two neighbouring coarser levels. All points make the same three (the image, and two of
-the atlas); the image read is skipped where no point of the batch needs it, the atlas
-and both its reads where none does, the second atlas read where only it is not needed.
-A read a point does not need goes to a fixed pixel, which stays in cache, and is
-selected away rather than weighted by zero, so that an inf or NaN it meets reaches
-neither the value nor the gradient. The
+the atlas); the image read is skipped where no point of the batch needs it (every
+point shrinks by more than about 3.2x), the atlas and both its reads where none does,
+the second atlas read where only it is not needed. A read a point does not need goes
+to a fixed pixel, which stays in cache, and is selected away rather than weighted by
+zero, so that an inf or NaN it meets reaches neither the value nor the gradient. The
 per-point level arithmetic uses the bits of float32 (exact powers of two and floor log2)
-and is computed once into memory before the reads (`_materialized`).
+and its results for the atlas reads are computed once into memory before them
+(`_materialized`); the image read recomputes its points, the padded coordinates.
 """
 
 import jax
@@ -52,6 +55,12 @@ _PLAIN_STRETCH_SQUARED = 1 + 2**-10
 # How much more a read at a whole pixel is blurred, in units of the footprint's short
 # side's box variance (chosen on zone plates: benchmarks/antialias.py).
 _WHOLE_PIXEL_EXTRA = 2.0
+# Level 1's largest spread: its filters' 0.75 plus the bilinear weights' 1 at worst.
+_LEVEL_ONE_MOST_SPREAD = _FILTER_VARIANCE + 1.0
+# Between these squared short sides (2.4 and 3.2 pixels) the target is raised to at
+# least level 1's largest spread, so that beyond them no read touches the image itself
+# (chosen on zone plates: benchmarks/antialias.py).
+_PYRAMID_ONLY_SHORT_SQUARED = (6.0, 10.0)
 
 
 def level_sizes(height: int, width: int) -> list[tuple[int, int]]:
@@ -220,11 +229,20 @@ def _target_spread(plain_spread, long_squared, short_squared):
   taps pass frequencies up to Nyquist that the box removes, and the part of the blend
   left on it keeps them. That extra is in proportion to the short side, so it does not
   blur anisotropic footprints further. Ramped in from no shrinking (exactly the plain
-  read) to a stretch of 2."""
+  read) to a stretch of 2.
+
+  Where the footprint's short side exceeds about 3.2 pixels, the target is at least level
+  1's largest spread, so that every read is of the pyramid: the image, unfiltered, holds
+  frequencies that alias at that shrinking, and a blend that keeps some of it is further
+  from the box average than level 1 alone (on zone plates; it also spares the image
+  read). Ramped in from a short side of about 2.4 pixels, so the target stays continuous."""
   ramp = jnp.clip((long_squared - _PLAIN_STRETCH_SQUARED) / (4 - _PLAIN_STRETCH_SQUARED), 0, 1)
   reference = long_squared / 12 + 1 / 6
   extra = _WHOLE_PIXEL_EXTRA * (1 - 4 * plain_spread) * short_squared / 12
-  return plain_spread + ramp * jnp.maximum(reference - plain_spread + extra, 0.0)
+  target = plain_spread + ramp * jnp.maximum(reference - plain_spread + extra, 0.0)
+  start, full = _PYRAMID_ONLY_SHORT_SQUARED
+  least = _LEVEL_ONE_MOST_SPREAD * jnp.clip((short_squared - start) / (full - start), 0, 1)
+  return jnp.maximum(target, least)
 
 
 @jax.custom_jvp
@@ -295,40 +313,46 @@ def read(images, coords, padding_mode, align_corners, implementation):
     return [jnp.where(used, c, 0.0) for c in point]
 
   per_point = _materialized((
-      *where_used(on_image_used, padded),
       *where_used(coarse_used, _in_atlas(*first, image_size, padding_mode)),
       *where_used(second_used, _in_atlas(upper_x, upper_y, lower + 1, image_size, padding_mode)),
-      blend, *(used.astype(jnp.float32) for used in (on_image_used, coarse_used, second_used))))
-  blend = per_point[6]
-  on_image_used = per_point[7] > 0
-  # Whether some point of the batch needs each read: one reduction for the three.
-  image_needed, coarse_needed, second_needed = jnp.any(
-      jnp.stack(per_point[7:]).reshape(3, -1) > 0, axis=1)
-  # Zeros that vary across a shard_map mesh as the reads do (lax.cond's branches must
-  # agree): from the points and the images, not a constant.
-  zeros = (jnp.zeros_like(per_point[0])[..., None]
-           + jnp.zeros_like(images[:, 0, 0]).reshape(
-               images.shape[:1] + (1,) * (per_point[0].ndim - 1) + images.shape[-1:]))
+      blend, on_image_used.astype(jnp.float32)))
+  blend, on_image_used = per_point[4], per_point[5] > 0
+  # The image's points: the padded coordinates, cheap to recompute in the read.
+  on_image_point = where_used(on_image_used, padded)
+  # Whether some point of the batch needs each read: bits 1, 2 and 4 of one reduction.
+  mixing = blend > 0
+  used_bits = (on_image_used.astype(jnp.int32) | ((~on_image_used | mixing).astype(jnp.int32) << 1)
+               | ((~on_image_used & mixing).astype(jnp.int32) << 2))
+  needed = jax.lax.reduce(used_bits.reshape(-1), jnp.int32(0), jax.lax.bitwise_or, (0,))
+  image_needed, coarse_needed, second_needed = [(needed & bit) > 0 for bit in (1, 2, 4)]
+
+  def zeros():
+    # Zeros that vary across a shard_map mesh as the reads do (lax.cond's branches must
+    # agree): from the points and the images, not a constant; made in the branch that
+    # returns them.
+    return (jnp.zeros_like(blend)[..., None]
+            + jnp.zeros_like(images[:, 0, 0]).reshape(
+                images.shape[:1] + (1,) * (blend.ndim - 1) + images.shape[-1:]))
 
   # A read no point of the batch needs is skipped (the image where every point's
-  # footprint is longer than about 4.4 pixels, sqrt(19), the pyramid where no point's
-  # exceeds 1); under vmap both branches run, as a select.
+  # footprint has a short side over about 3.2 pixels or a long one over 4.4, sqrt(19);
+  # the pyramid where no point's exceeds 1); under vmap both branches run, as a select.
   def read_if(needed, array, coords):
     return jax.lax.cond(needed,
                         lambda: _interpolation.bilinear(array, coords, implementation),
-                        lambda: zeros)
+                        zeros)
 
   def coarse():
     atlas = pyramid_atlas(images, padding_mode)
-    return [_interpolation.bilinear(atlas, per_point[2:4], implementation),
-            read_if(second_needed, atlas, per_point[4:6])]
+    return [_interpolation.bilinear(atlas, per_point[0:2], implementation),
+            read_if(second_needed, atlas, per_point[2:4])]
 
-  on_image_read = read_if(image_needed, images, per_point[0:2])
-  first_read, second_read = jax.lax.cond(coarse_needed, coarse, lambda: [zeros, zeros])
+  on_image_read = read_if(image_needed, images, on_image_point)
+  first_read, second_read = jax.lax.cond(coarse_needed, coarse, lambda: [zeros(), zeros()])
   low = jnp.where(on_image_used[..., None], on_image_read, first_read)
   high = jnp.where(on_image_used[..., None], first_read, second_read)
   # Where nothing is blended, neither the value nor the gradient sees the unused read.
-  mixing = blend[..., None] > 0
+  mixing = mixing[..., None]
   mixed_low, mixed_high = jnp.where(mixing, low, 0.0), jnp.where(mixing, high, 0.0)
   blend = blend[..., None]
   return jnp.where(mixing, (1 - blend) * mixed_low + blend * mixed_high, low)

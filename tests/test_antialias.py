@@ -14,6 +14,7 @@ from jax.test_util import check_grads
 
 import stnjax
 from stnjax import _antialias
+from stnjax import _interpolation
 
 
 def zone_plate(size):
@@ -201,6 +202,62 @@ def test_gradients_match_finite_differences():
 
   check_grads(warp, (theta, image), order=1, modes=["fwd", "rev"], eps=1e-3, atol=2e-2,
               rtol=2e-2)
+
+
+@pytest.mark.usefixtures("fast_compiles")
+def test_gradients_match_finite_differences_where_the_image_is_phased_out():
+  """A footprint of about 3.0 x 3.0 pixels: between the short sides (2.4 and 3.2) over
+  which the target is raised to level 1's largest spread. Smaller steps than above: at
+  1e-3 some cross a kink of the bilinear weights (a whole pixel) on this small image."""
+  image = jnp.asarray(np.random.default_rng(2).uniform(size=(14, 16, 1)), jnp.float32)
+  theta = jnp.asarray([[0.7363, -0.0859, 0.01], [0.0739, 0.8557, 0.03]], jnp.float32)
+
+  @jax.jit
+  def warp(theta, image):
+    return stnjax.sample(theta, image, (4, 4), antialias=True)
+
+  check_grads(warp, (theta, image), order=1, modes=["fwd", "rev"], eps=3e-4, atol=2e-2,
+              rtol=2e-2)
+
+
+def test_the_target_reaches_level_one_before_a_short_side_of_3_2_pixels():
+  long_squared = jnp.linspace(1.0, 30.0, 300)
+  plain_spread = jnp.full_like(long_squared, 0.1)
+  for ratio in (1.0, 2.0):  # Isotropic and anisotropic footprints.
+    short_squared = long_squared / ratio
+    target = _antialias._target_spread(plain_spread, long_squared, short_squared)
+    beyond = short_squared >= _antialias._PYRAMID_ONLY_SHORT_SQUARED[1]
+    assert (target[beyond] >= _antialias._LEVEL_ONE_MOST_SPREAD).all()
+    assert np.abs(np.diff(np.asarray(target))).max() < 0.2  # Continuous.
+  # Below a short side of about 2.4 pixels it is the box's, as before.
+  short_squared = jnp.full_like(long_squared, _antialias._PYRAMID_ONLY_SHORT_SQUARED[0])
+  ramp = jnp.clip((long_squared - 1) / 3, 0, 1)
+  np.testing.assert_allclose(
+      _antialias._target_spread(plain_spread, long_squared, short_squared),
+      0.1 + ramp * (long_squared / 12 + 1 / 6 - 0.1
+                    + _antialias._WHOLE_PIXEL_EXTRA * 0.6 * short_squared / 12),
+      rtol=2e-3)
+
+
+@pytest.mark.parametrize("scale,degrees,image_reads,atlas_reads", [
+    (0.25, 30, 0, 2), (0.5, 0, 1, 1), (1.0, 30, 1, 0)])
+def test_which_reads_run(scale, degrees, image_reads, atlas_reads, monkeypatch):
+  """Shrunk 4x, no point reads the image, only two levels of the pyramid; shrunk 2x
+  along the axes, the image and level 1; not shrunk, the image alone."""
+  widths = []
+  bilinear = _interpolation.bilinear
+
+  def counted(array, coords, implementation):
+    jax.debug.callback(lambda: widths.append(array.shape[2]))
+    return bilinear(array, coords, implementation)
+
+  monkeypatch.setattr(_interpolation, "bilinear", counted)
+  size = int(64 * scale)
+  coords = stnjax.grid.source_pixels(rotation(degrees)[None], (64, 64), (size, size), False)
+  jax.block_until_ready(jax.jit(lambda images, coords: _antialias.read(
+      images, coords, "zeros", False, "xla"))(zone_plate(64)[None], coords))
+  jax.effects_barrier()
+  assert (widths.count(64), len(widths) - widths.count(64)) == (image_reads, atlas_reads)
 
 
 def test_blur_grows_smoothly_with_the_zoom():
