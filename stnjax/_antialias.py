@@ -319,12 +319,13 @@ def read(images, coords, padding_mode, align_corners, implementation):
   blend, on_image_used = per_point[4], per_point[5] > 0
   # The image's points: the padded coordinates, cheap to recompute in the read.
   on_image_point = where_used(on_image_used, padded)
-  # Whether some point of the batch needs each read: bits 1, 2 and 4 of one reduction.
+  # Whether some point of the batch needs each read, from the least and the greatest of
+  # one code (reductions that a sharded batch also runs across its devices): 0 or 1 on
+  # the image, 2 or 3 off it, plus 1 where a second read is blended in.
   mixing = blend > 0
-  used_bits = (on_image_used.astype(jnp.int32) | ((~on_image_used | mixing).astype(jnp.int32) << 1)
-               | ((~on_image_used & mixing).astype(jnp.int32) << 2))
-  needed = jax.lax.reduce(used_bits.reshape(-1), jnp.int32(0), jax.lax.bitwise_or, (0,))
-  image_needed, coarse_needed, second_needed = [(needed & bit) > 0 for bit in (1, 2, 4)]
+  reads = jnp.where(on_image_used, 0, 2) + mixing.astype(jnp.int32)
+  least, most = jnp.min(reads, initial=3), jnp.max(reads, initial=0)
+  image_needed, coarse_needed, second_needed = least < 2, most > 0, most > 2
 
   def zeros():
     # Zeros that vary across a shard_map mesh as the reads do (lax.cond's branches must
