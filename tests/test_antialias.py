@@ -220,7 +220,7 @@ def test_gradients_match_finite_differences_where_the_image_is_phased_out():
               rtol=2e-2)
 
 
-def test_the_target_reaches_level_one_before_a_short_side_of_3_2_pixels():
+def test_the_target_reaches_level_one_before_a_short_side_of_3_2_pixels(monkeypatch):
   long_squared = jnp.linspace(1.0, 30.0, 300)
   plain_spread = jnp.full_like(long_squared, 0.1)
   for ratio in (1.0, 2.0):  # Isotropic and anisotropic footprints.
@@ -229,14 +229,12 @@ def test_the_target_reaches_level_one_before_a_short_side_of_3_2_pixels():
     beyond = short_squared >= _antialias._PYRAMID_ONLY_SHORT_SQUARED[1]
     assert (target[beyond] >= _antialias._LEVEL_ONE_MOST_SPREAD).all()
     assert np.abs(np.diff(np.asarray(target))).max() < 0.2  # Continuous.
-  # Below a short side of about 2.4 pixels it is the box's, as before.
+  # Below a short side of about 2.4 pixels it is the box's, as without the rule.
   short_squared = jnp.full_like(long_squared, _antialias._PYRAMID_ONLY_SHORT_SQUARED[0])
-  ramp = jnp.clip((long_squared - 1) / 3, 0, 1)
-  np.testing.assert_allclose(
-      _antialias._target_spread(plain_spread, long_squared, short_squared),
-      0.1 + ramp * (long_squared / 12 + 1 / 6 - 0.1
-                    + _antialias._WHOLE_PIXEL_EXTRA * 0.6 * short_squared / 12),
-      rtol=2e-3)
+  with_rule = _antialias._target_spread(plain_spread, long_squared, short_squared)
+  monkeypatch.setattr(_antialias, "_PYRAMID_ONLY_SHORT_SQUARED", (1e9, 2e9))
+  np.testing.assert_array_equal(
+      with_rule, _antialias._target_spread(plain_spread, long_squared, short_squared))
 
 
 @pytest.mark.parametrize("scale,degrees,image_reads,atlas_reads", [
