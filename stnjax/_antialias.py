@@ -7,9 +7,9 @@ one below, filtered with `[1, 3, 3, 1] / 8` along each axis, at a level chosen f
 footprint:
 
   * The footprint's sides are the singular values of the Jacobian
-    `d(input pixel) / d(output pixel)`, taken from differences between the source
-    positions of neighbouring output pixels, so they come from theta per point (the
-    same over an image for an affine theta, per pixel for a projective one or a grid).
+    `d(input pixel) / d(output pixel)`: from an affine theta once per image, otherwise
+    (a projective theta, a grid, a flow) from differences between the source positions
+    of neighbouring output pixels, per point.
   * The box-filtered reference (the mean of bilinear reads over the footprint) has
     variance `long**2 / 12 + 1 / 6` along the long side: that is the read's target,
     plus some more where the plain read sits near a whole pixel, and at least level
@@ -35,10 +35,13 @@ point shrinks by more than about 3.2x), the atlas and both its reads where none 
 the second atlas read where only it is not needed. A read a point does not need goes
 to a fixed pixel, which stays in cache, and is selected away rather than weighted by
 zero, so that an inf or NaN it meets reaches neither the value nor the gradient. The
-per-point level arithmetic uses the bits of float32 (exact powers of two and floor log2)
-and its results for the atlas reads are computed once into memory before them
-(`_materialized`); the image read recomputes its points, the padded coordinates.
+per-point level arithmetic uses the bits of float32 (exact powers of two and floor log2),
+finds the neighbouring level's positions from the candidate level's, and stores its
+results for the atlas reads once before them (`_materialized`; on the CPU also its
+intermediate stages); the image read recomputes its points, the padded coordinates.
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -150,10 +153,17 @@ def _safe_sqrt(value):
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, value, 1.0)), 0.0)
 
 
-def squared_stretches(x, y):
-  """The squared singular values of d(x, y) / d(output column, row), largest first: the
-  footprint's squared long and short sides, each `[..., Ho, Wo]`."""
-  (x_col, x_row), (y_col, y_row) = _derivatives(x), _derivatives(y)
+def pointwise_jacobian(x, y):
+  """d(x, y) / d(output column, row) at each output pixel, `((x_col, x_row), (y_col,
+  y_row))`, from differences between neighbouring output pixels."""
+  return _derivatives(x), _derivatives(y)
+
+
+def squared_stretches(jacobian):
+  """The squared singular values of the Jacobian `((x_col, x_row), (y_col, y_row))`,
+  largest first: the footprint's squared long and short sides, each of the entries'
+  shape."""
+  (x_col, x_row), (y_col, y_row) = jacobian
   xx = x_col * x_col + x_row * x_row
   yy = y_col * y_col + y_row * y_row
   xy = x_col * y_col + x_row * y_row
@@ -168,11 +178,13 @@ def _bilinear_spread(coord):
   return fraction * (1 - fraction)
 
 
-def _spread(at_x, at_y, scale):
-  """Variance of a read at level coordinates (at_x, at_y) on the level of `scale = 2**-l`."""
-  inverse_area = 1 / (scale * scale)  # 4**l
-  return (_FILTER_VARIANCE * (inverse_area - 1) / 3
-          + inverse_area * (_bilinear_spread(at_x) + _bilinear_spread(at_y)) / 2)
+def _spread(at_x, at_y, area):
+  """Variance of a read at level coordinates (at_x, at_y) on the level of `area = 4**l`:
+  the cascaded filters' `(4**l - 1) / 4` plus the bilinear weights' own."""
+  # On the image itself (area 1) exactly the bilinear weights' variance, however XLA
+  # contracts the products: the plain read's spread, which its target is compared with.
+  return (_FILTER_VARIANCE * (area - 1) / 3
+          + area * (_bilinear_spread(at_x) + _bilinear_spread(at_y)) / 2)
 
 
 def _power_of_two(exponent):
@@ -204,9 +216,9 @@ def _place(level, height, width):
 
 def _level_coords(x, y, level):
   """Image pixel positions (x, y) on level `level` (int32, the shape of x), and that
-  level's scale `2**-level`."""
+  level's area `4**level` (exact powers of two)."""
   scale = _power_of_two(-level)
-  return x * scale + (scale - 1) / 2, y * scale + (scale - 1) / 2, scale
+  return x * scale + (scale - 1) / 2, y * scale + (scale - 1) / 2, _power_of_two(2 * level)
 
 
 def _in_atlas(at_x, at_y, level, image_size, padding_mode):
@@ -245,26 +257,29 @@ def _target_spread(plain_spread, long_squared, short_squared):
   return jnp.maximum(target, least)
 
 
-@jax.custom_jvp
-def _materialized(arrays):
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _materialized(arrays, on_every_platform=True):
   """`arrays` (float32, of one shape), computed once and stored, so that XLA does not fuse
   their arithmetic into each consumer: into every corner of every read and, on the CPU,
   once per channel. XLA:CPU drops `optimization_barrier`; there they are the results of
-  one loop (`_corners.in_one_loop`)."""
+  one loop (`_corners.in_one_loop`). With `on_every_platform=False`, only on the CPU,
+  where XLA otherwise splits the level arithmetic into loops that recompute it."""
+  default = (lambda *a: tuple(jax.lax.optimization_barrier(a))) if on_every_platform else (
+      lambda *a: a)
   return jax.lax.platform_dependent(
-      *arrays, cpu=lambda *a: _corners.in_one_loop(a),
-      default=lambda *a: tuple(jax.lax.optimization_barrier(a)))
+      *arrays, cpu=lambda *a: _corners.in_one_loop(a), default=default)
 
 
 @_materialized.defjvp
-def _materialized_jvp(primals, tangents):
-  return _materialized(*primals), tangents[0]
+def _materialized_jvp(on_every_platform, primals, tangents):
+  return _materialized(primals[0], on_every_platform), tangents[0]
 
 
-def read(images, coords, padding_mode, align_corners, implementation):
+def read(images, coords, padding_mode, align_corners, implementation, jacobian=None):
   """images `[B, H, W, C]` read, antialiased, at pixel coordinates `(x, y)` `[B, ..., Ho, Wo]`
   (padding not applied): float32 `[B, ..., Ho, Wo, C]`. Padding modes zeros, border and
-  reflection."""
+  reflection. jacobian: d(x, y) / d(output column, row) as `grid.source_jacobian` gives
+  it, `[B, ..., 1, 1]` for an affine map; None takes it from the points' differences."""
   images = images.astype(jnp.float32)
   sizes = level_sizes(*images.shape[1:3])
   x, y = coords
@@ -272,7 +287,8 @@ def read(images, coords, padding_mode, align_corners, implementation):
             for c, size in zip(coords, sizes[0][::-1])]
   if len(sizes) == 1:  # One pixel: nothing to filter.
     return _interpolation.bilinear(images, padded, implementation)
-  long_squared, short_squared = squared_stretches(x, y)
+  long_squared, short_squared = squared_stretches(
+      pointwise_jacobian(x, y) if jacobian is None else jacobian)
   if padding_mode == "reflection":  # Mirrored once, on the image itself.
     x, y = [_interpolation.apply_padding(c, size, padding_mode, align_corners)
             for c, size in zip((x, y), sizes[0][::-1])]
@@ -282,14 +298,26 @@ def read(images, coords, padding_mode, align_corners, implementation):
   # in [(4**l - 1) / 4, (2 * 4**l - 1) / 4]: the last level whose least spread is within
   # the target, floor(log2(4 * target + 1) / 2), is the lower one or the one above it.
   top = len(sizes) - 2
-  candidate = jnp.clip(_floor_log2(3 / _FILTER_VARIANCE * target + 1) // 2, 0, top)
+  # >> 1 is floor division by 2 (jnp's // adds a sign correction for negative numbers).
+  candidate = jnp.clip(_floor_log2(3 / _FILTER_VARIANCE * target + 1) >> 1, 0, top)
   candidate = jnp.where(jnp.isfinite(target), candidate, 0)
-  candidate_x, candidate_y, candidate_scale = _level_coords(x, y, candidate)
-  candidate_spread = _spread(candidate_x, candidate_y, candidate_scale)
+  # On the CPU, stored once each (here and below) rather than recomputed by every
+  # later loop that reads them.
+  target, candidate = _materialized((target, candidate.astype(jnp.float32)), False)
+  candidate = candidate.astype(jnp.int32)
+  candidate_x, candidate_y, candidate_area = _level_coords(x, y, candidate)
+  candidate_spread = _spread(candidate_x, candidate_y, candidate_area)
   down = (candidate > 0) & (candidate_spread > target)
+  candidate_x, candidate_y, candidate_spread, candidate_area, down = _materialized(
+      (candidate_x, candidate_y, candidate_spread, candidate_area, down.astype(jnp.float32)),
+      False)
+  down = down > 0
   other = jnp.where(down, candidate - 1, candidate + 1)
-  other_x, other_y, other_scale = _level_coords(x, y, other)
-  other_spread = _spread(other_x, other_y, other_scale)
+  # The neighbouring level's positions from the candidate's: x on level l + 1 is
+  # (x on level l - 1 / 2) / 2.
+  other_x, other_y = [jnp.where(down, 2 * c + 0.5, 0.5 * c - 0.25)
+                      for c in (candidate_x, candidate_y)]
+  other_spread = _spread(other_x, other_y, candidate_area * jnp.where(down, 0.25, 4.0))
   lower = jnp.where(down, other, candidate)
   lower_spread = jnp.where(down, other_spread, candidate_spread)
   upper_spread = jnp.where(down, candidate_spread, other_spread)
@@ -318,7 +346,6 @@ def read(images, coords, padding_mode, align_corners, implementation):
       blend, on_image_used.astype(jnp.float32)))
   blend, on_image_used = per_point[4], per_point[5] > 0
   # The image's points: the padded coordinates, cheap to recompute in the read.
-  on_image_point = where_used(on_image_used, padded)
   # Whether some point of the batch needs each read, from the least and the greatest of
   # one code (reductions that a sharded batch also runs across its devices): 0 or 1 on
   # the image, 2 or 3 off it, plus 1 where a second read is blended in.
@@ -338,17 +365,17 @@ def read(images, coords, padding_mode, align_corners, implementation):
   # A read no point of the batch needs is skipped (the image where every point's
   # footprint has a short side over about 3.2 pixels or a long one over 4.4, sqrt(19);
   # the pyramid where no point's exceeds 1); under vmap both branches run, as a select.
-  def read_if(needed, array, coords):
+  def read_if(needed, array, points):
     return jax.lax.cond(needed,
-                        lambda: _interpolation.bilinear(array, coords, implementation),
+                        lambda: _interpolation.bilinear(array, points(), implementation),
                         zeros)
 
   def coarse():
     atlas = pyramid_atlas(images, padding_mode)
     return [_interpolation.bilinear(atlas, per_point[0:2], implementation),
-            read_if(second_needed, atlas, per_point[2:4])]
+            read_if(second_needed, atlas, lambda: per_point[2:4])]
 
-  on_image_read = read_if(image_needed, images, on_image_point)
+  on_image_read = read_if(image_needed, images, lambda: where_used(on_image_used, padded))
   first_read, second_read = jax.lax.cond(coarse_needed, coarse, lambda: [zeros(), zeros()])
   low = jnp.where(on_image_used[..., None], on_image_read, first_read)
   high = jnp.where(on_image_used[..., None], first_read, second_read)

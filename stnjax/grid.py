@@ -106,6 +106,37 @@ def source_pixels(theta: jax.Array, in_shape, out_shape, align_corners: bool):
   return tuple(np.float32((n - 1) / 2) + c for n, c in zip(sizes, coords))
 
 
+def source_jacobian(theta: jax.Array, in_shape, out_shape, align_corners: bool):
+  """How the input pixel read moves with the output pixel under an affine theta.
+
+  Args:
+    theta: `[..., 2, 3]` or `[..., 3, 3]` (or, in 3-D, `[..., 3, 4]` or `[..., 4, 4]`).
+    in_shape, out_shape, align_corners: as in `source_pixels`.
+
+  Returns:
+    For an affine theta, `jac[i][j]`: the derivative of input pixel coordinate `i` (x,
+    y[, z]) along output axis `j` (column, row[, slice]), each float32 `[..., 1, 1]`:
+    the same at every output pixel. Zero along an output axis of one pixel, as
+    differences between neighbouring output pixels give there (they have none). None
+    for a projective theta, whose Jacobian varies over the output.
+  """
+  dims = len(out_shape)
+  if theta.shape[-2] == dims + 1:
+    return None
+  theta = theta.astype(jnp.float32)
+  out_sizes, in_sizes = out_shape[::-1], in_shape[::-1]
+
+  def derivative(i, j):
+    if out_sizes[j] == 1:
+      return jnp.zeros_like(theta[..., i, j])
+    pixels = units_per_pixel(out_sizes[j], align_corners) * pixels_per_unit(
+        in_sizes[i], align_corners)
+    return theta[..., i, j] * np.float32(pixels)
+
+  return tuple(tuple(derivative(i, j).reshape(theta.shape[:-2] + (1,) * dims)
+                     for j in range(dims)) for i in range(dims))
+
+
 @functools.partial(jax.jit, static_argnames=("out_shape", "align_corners"))
 def _affine_grid(theta, out_shape, align_corners):
   coords, denominator = _transform_output_grid(theta, out_shape, align_corners,

@@ -20,7 +20,7 @@ meaningful.
 
 import functools
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -45,12 +45,17 @@ class Locator(NamedTuple):
     rank: `dims -> ` the number of those trailing dims.
     source_pixels: `(coords, in_shape, out_shape, align_corners) -> (x, y[, z])`,
       float32 input pixel positions `[..., *out_shape]`.
+    source_jacobian: `(coords, in_shape, out_shape, align_corners) ->` the derivatives
+      of those positions along the output axes where they are the same at every output
+      pixel (an affine map), as `grid.source_jacobian` gives them, else None; or None
+      for a locator that never has them. Antialiasing takes the footprint from it.
   """
   name: str
   check: Callable[[jax.Array], int]
   layout: Callable[[int], str]
   rank: Callable[[int], int]
   source_pixels: Callable[..., tuple[jax.Array, ...]]
+  source_jacobian: Optional[Callable[..., Optional[tuple]]] = None
 
 
 def _grid_source_pixels(grid, in_shape, out_shape, align_corners):
@@ -63,7 +68,7 @@ def _grid_source_pixels(grid, in_shape, out_shape, align_corners):
 THETA = Locator(
     name="theta", check=_validation.check_theta,
     layout=lambda dims: "2 or 3, 3" if dims == 2 else "3 or 4, 4", rank=lambda dims: 2,
-    source_pixels=grid_lib.source_pixels)
+    source_pixels=grid_lib.source_pixels, source_jacobian=grid_lib.source_jacobian)
 GRID = Locator(
     name="grid", check=_validation.check_grid,
     layout=lambda dims: f"{'Do, ' if dims == 3 else ''}Ho, Wo, {dims}",
@@ -71,8 +76,9 @@ GRID = Locator(
 
 
 def _read(image, coords, method, padding_mode, align_corners, implementation, fill_value,
-          antialias=False):
-  """image `[*batch, *spatial, C]` read at pixel coordinates `(x, y[, z])` `[*batch, ...]`."""
+          antialias=False, jacobian=None):
+  """image `[*batch, *spatial, C]` read at pixel coordinates `(x, y[, z])` `[*batch, ...]`
+  (antialiased with the coordinates' Jacobian, where one is given)."""
   dims = len(coords)
   batch_shape = image.shape[:-dims - 1]
   batch_size = math.prod(batch_shape)
@@ -80,7 +86,11 @@ def _read(image, coords, method, padding_mode, align_corners, implementation, fi
   images = image.reshape((batch_size,) + image.shape[-dims - 1:])
   coords = [c.reshape((batch_size,) + per_example) for c in coords]
   if antialias:
-    out = _antialias.read(images, coords, padding_mode, align_corners, implementation)
+    if jacobian is not None:
+      jacobian = jax.tree.map(
+          lambda d: d.reshape((batch_size,) + d.shape[len(batch_shape):]), jacobian)
+    out = _antialias.read(images, coords, padding_mode, align_corners, implementation,
+                          jacobian)
   else:
     out = _interpolation.read(images, coords, method, padding_mode, align_corners,
                               implementation)
@@ -114,9 +124,12 @@ def _warp(locator, coords, image, fill_value, out_shape, method, padding_mode, a
     _validation.check_size(out_shape, "out_shape", dims)  # Raises: names the right size.
   if fill_value is not None:
     fill_value = _validation.check_fill_value(fill_value, padding_mode, image.shape[-1])
+  jacobian = None
+  if antialias and locator.source_jacobian is not None:
+    jacobian = locator.source_jacobian(coords, in_shape, out_shape or in_shape, align_corners)
   coords = locator.source_pixels(coords, in_shape, out_shape or in_shape, align_corners)
   return _read(image, coords, method, padding_mode, align_corners, implementation, fill_value,
-               antialias)
+               antialias, jacobian)
 
 
 def warp_with(locator: Locator, coords, image, out_shape=None, *, method="bilinear",

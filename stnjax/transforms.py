@@ -349,10 +349,15 @@ def _locator(transform: Transform) -> sampling.Locator:
     _check_params(params, transform.name, transform.num_params)
     return transform.dims
 
+  def source_jacobian(params, in_shape, out_shape, align_corners):
+    return grid_lib.source_jacobian(transform.theta(params), in_shape, out_shape,
+                                    align_corners)
+
   return sampling.Locator(
       name=f"{transform.name} params", check=check,
       layout=lambda dims: str(transform.num_params), rank=lambda dims: 1,
-      source_pixels=transform.source_pixels)
+      source_pixels=transform.source_pixels,
+      source_jacobian=None if transform.theta is None else source_jacobian)
 
 
 def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=None, *,

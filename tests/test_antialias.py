@@ -104,7 +104,7 @@ def test_projective_footprint_is_per_pixel():
   plain = stnjax.sample(theta, image)
   filtered = stnjax.sample(theta, image, antialias=True)
   x, y = stnjax.grid.source_pixels(theta, (64, 64), (64, 64), False)
-  stretch = np.sqrt(np.asarray(_antialias.squared_stretches(x, y)[0]))
+  stretch = np.sqrt(np.asarray(_antialias.squared_stretches(_antialias.pointwise_jacobian(x, y))[0]))
   magnified = stretch.max(axis=1) < 1
   assert magnified.sum() > 10
   np.testing.assert_allclose(filtered[magnified], plain[magnified], atol=2e-5)
@@ -177,7 +177,8 @@ def test_shard_map_over_a_sharded_batch():
       mesh=mesh, in_specs=spec, out_specs=spec))
   on_mesh = jax.sharding.NamedSharding(mesh, spec)
   out, grads = sharded(jax.device_put(thetas, on_mesh), jax.device_put(images, on_mesh))
-  np.testing.assert_allclose(out, warp(thetas, images), atol=1e-6)
+  # The images are scaled up to 8x: float32 rounding is relative.
+  np.testing.assert_allclose(out, warp(thetas, images), rtol=1e-6, atol=1e-6)
   for got, expected in zip(grads, jax.grad(loss, (0, 1))(thetas, images)):
     # Sums over another split of the batch: float32 rounding of the largest component.
     np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())

@@ -75,3 +75,32 @@ def test_pixel_matrix_from_theta_batches():
   matrix = stnjax.pixel_matrix_from_theta(theta, (5, 7), inverse_map=True)
   assert matrix.shape == (4, 3, 2, 3)
   np.testing.assert_allclose(matrix[1, 2], [[1, 0, 1], [0, 1, 0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("in_shape,out_shape", [
+    ((13, 17), (5, 7)), ((6, 4), (9, 1)), ((3, 4, 5), (2, 3, 1))])
+def test_source_jacobian_of_an_affine_theta_is_its_pixels_differences(
+    align_corners, in_shape, out_shape):
+  """Along each output axis, the exact derivative of the pixel read: the difference between
+  neighbouring output pixels (zero along an axis of one pixel, which has none)."""
+  dims = len(out_shape)
+  theta = jnp.asarray(np.random.default_rng(dims).normal(size=(2, 3, dims, dims + 1)),
+                      jnp.float32)
+  jacobian = stnjax.grid.source_jacobian(theta, in_shape, out_shape, align_corners)
+  pixels = stnjax.grid.source_pixels(theta, in_shape, out_shape, align_corners)
+  for coord, derivatives in zip(pixels, jacobian):
+    for axis, derivative in enumerate(derivatives):
+      assert derivative.shape == (2, 3) + (1,) * dims
+      grid_axis = coord.ndim - 1 - axis
+      if out_shape[::-1][axis] == 1:
+        np.testing.assert_array_equal(derivative, 0.0)
+        continue
+      steps = np.diff(np.asarray(coord, np.float64), axis=grid_axis)
+      np.testing.assert_allclose(np.broadcast_to(derivative, steps.shape), steps, atol=2e-5)
+
+
+def test_source_jacobian_of_a_projective_theta_is_none():
+  """A homography's derivatives vary over the output: there is no one per image."""
+  assert stnjax.grid.source_jacobian(jnp.eye(3), (4, 4), (4, 4), False) is None
+  assert stnjax.grid.source_jacobian(jnp.eye(4), (2, 4, 4), (2, 4, 4), False) is None
