@@ -8,8 +8,8 @@ footprint:
 
   * The footprint's sides are the singular values of the Jacobian
     `d(input pixel) / d(output pixel)`: from an affine theta once per image, otherwise
-    (a projective theta, a grid, a flow) from differences between the source positions
-    of neighbouring output pixels, per point.
+    (a projective theta, a grid, a thin-plate spline) from differences between the
+    source positions of neighbouring output pixels, per point.
   * The box-filtered reference (the mean of bilinear reads over the footprint) has
     variance `long**2 / 12 + 1 / 6` along the long side: that is the read's target,
     plus some more where the plain read sits near a whole pixel, and at least level
