@@ -308,16 +308,15 @@ def read(images, coords, padding_mode, align_corners, implementation, jacobian=N
   candidate_x, candidate_y, candidate_area = _level_coords(x, y, candidate)
   candidate_spread = _spread(candidate_x, candidate_y, candidate_area)
   down = (candidate > 0) & (candidate_spread > target)
-  candidate_x, candidate_y, candidate_spread, candidate_area, down = _materialized(
-      (candidate_x, candidate_y, candidate_spread, candidate_area, down.astype(jnp.float32)),
-      False)
+  candidate_x, candidate_y, candidate_spread, down = _materialized(
+      (candidate_x, candidate_y, candidate_spread, down.astype(jnp.float32)), False)
   down = down > 0
   other = jnp.where(down, candidate - 1, candidate + 1)
   # The neighbouring level's positions from the candidate's: x on level l + 1 is
   # (x on level l - 1 / 2) / 2.
   other_x, other_y = [jnp.where(down, 2 * c + 0.5, 0.5 * c - 0.25)
                       for c in (candidate_x, candidate_y)]
-  other_spread = _spread(other_x, other_y, candidate_area * jnp.where(down, 0.25, 4.0))
+  other_spread = _spread(other_x, other_y, _power_of_two(2 * other))
   lower = jnp.where(down, other, candidate)
   lower_spread = jnp.where(down, other_spread, candidate_spread)
   upper_spread = jnp.where(down, candidate_spread, other_spread)

@@ -191,6 +191,9 @@ def grid_function_cases():
            lambda t: stnjax.pixel_matrix_from_theta(t, IN_SHAPE, OUT_SHAPE), (THETA,)),
       Case("theta_from_pixel_matrix",
            lambda m: stnjax.theta_from_pixel_matrix(m, IN_SHAPE), (homography,)),
+      # The four derivatives of the antialiased footprint, stacked into one array.
+      Case("grid.source_jacobian", lambda t: jnp.stack(jax.tree.leaves(
+          stnjax.grid.source_jacobian(t, IN_SHAPE, OUT_SHAPE, False)), axis=-1), (THETA,)),
   ]
 
 
