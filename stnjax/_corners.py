@@ -64,6 +64,12 @@ def corners(coords, spatial):
   return found, [c - f for c, f in zip(coords, floors)]
 
 
+def take_rows(rows, index):
+  """`rows[index]` for int32 indices known to be inside `rows`: without the wrap of
+  negative indices that jnp's indexing adds to every gather."""
+  return rows.at[index].get(mode="promise_in_bounds", wrap_negative_indices=False)
+
+
 def _factor(fraction, offset):
   return fraction if offset else 1 - fraction
 
@@ -107,9 +113,9 @@ def gather(rows, found, corner_weights, select=False):
   out = 0.0
   for (index, inside), weight in zip(found, corner_weights):
     if select:
-      out = out + jnp.where(inside[..., None], weight[..., None] * rows[index], 0.0)
+      out = out + jnp.where(inside[..., None], weight[..., None] * take_rows(rows, index), 0.0)
     else:
-      out = out + jnp.where(inside, weight, 0.0)[..., None] * rows[index]
+      out = out + jnp.where(inside, weight, 0.0)[..., None] * take_rows(rows, index)
   return out
 
 
@@ -157,7 +163,7 @@ def image_gradient(cotangent, *coords, spatial):
   grad = jnp.zeros((batch * math.prod(spatial), channels), jnp.float32)
   for (index, inside), weight in zip(found, weights(fractions)):
     grad = grad.at[index].add(jnp.where(inside, weight, 0.0)[..., None] * cotangent,
-                              mode="promise_in_bounds")
+                              mode="promise_in_bounds", wrap_negative_indices=False)
   return grad.reshape((batch,) + tuple(spatial) + (channels,))
 
 
@@ -198,7 +204,7 @@ def coordinate_cotangent(cotangent, images, *coords, unrolled=False, one_loop=Fa
   rows = _rows(images)
   # Each corner's read meets the cotangent once (a gather with one consumer fuses into
   # it); the weights' slopes then combine the products.
-  products = [jnp.where(inside, _channel_sum(cotangent * rows[index], unrolled), 0.0)
+  products = [jnp.where(inside, _channel_sum(cotangent * take_rows(rows, index), unrolled), 0.0)
               for index, inside in found]
   cotangents = tuple(sum(slope * product for slope, product in zip(axis_slopes, products))
                      for axis_slopes in slopes(fractions))

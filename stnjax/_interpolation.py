@@ -104,7 +104,7 @@ class _Image:
     flat = indices[-1]
     for index, size in zip(indices[-2::-1], self.sizes[-2::-1]):
       flat = flat * size + index
-    values = self.pixels[flat]
+    values = _corners.take_rows(self.pixels, flat)
     if weight is None:
       return jnp.where(inside[..., None], values, jnp.zeros((), values.dtype))
     # Selected away off the image, not weighted by zero: an inf or NaN at the pixel read
