@@ -26,9 +26,9 @@ the image itself (the same primitive at the same coordinates). The filter is iso
 sized by the footprint's long side, so an anisotropic footprint is also blurred along
 its short side.
 
-The coarser levels are laid out in one image (an atlas), stacked, each with a ring of
-zeros, so that one bilinear read with the clamped coordinates of any level sees exactly
-that level with zero padding. Each point then needs two reads: the image and level 1, or
+The coarser levels are laid out in one image (an atlas, `stnjax._pyramid`, whose
+transpose is written out), stacked, each with a ring of zeros, so that one bilinear read
+with the clamped coordinates of any level sees exactly that level with zero padding. Each point then needs two reads: the image and level 1, or
 two neighbouring coarser levels. All points make the same three (the image, and two of
 the atlas); the image read is skipped where no point of the batch needs it (every
 point shrinks by more than about 3.2x), the atlas and both its reads where none does,
@@ -45,10 +45,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stnjax import _corners
 from stnjax import _interpolation
+from stnjax import _pyramid
 
 # The [1, 3, 3, 1] / 8 filter's variance, in pixels of the finer level.
 _FILTER_VARIANCE = 0.75
@@ -64,72 +64,6 @@ _LEVEL_ONE_MOST_SPREAD = _FILTER_VARIANCE + 1.0
 # least level 1's largest spread, so that beyond them no read touches the image itself
 # (chosen on zone plates: benchmarks/antialias.py).
 _PYRAMID_ONLY_SHORT_SQUARED = (6.0, 10.0)
-
-
-def level_sizes(height: int, width: int) -> list[tuple[int, int]]:
-  """(h, w) of each level, from the image itself down to one pixel."""
-  sizes = [(height, width)]
-  while max(sizes[-1]) > 1:
-    height, width = sizes[-1]
-    sizes.append(((height + 1) // 2, (width + 1) // 2))
-  return sizes
-
-
-def _halve_axis(images, axis, padding_mode):
-  """images filtered with [1, 3, 3, 1] / 8 along axis, every second pixel kept: pixel k
-  of the result is centred between pixels 2k and 2k + 1.
-
-  The image is extended at each end as the padding mode extends it (zeros, the edge
-  pixel, or the mirror image); only the first and last results read beyond it, so they
-  are written apart from the interior rather than padding a copy of the image.
-  """
-  def take(array, start, stop, step=1):
-    return jax.lax.slice_in_dim(array, start, stop, step, axis)
-
-  def beyond(edge):
-    return jnp.zeros_like(edge) if padding_mode == "zeros" else edge
-
-  size = images.shape[axis]
-  # The pixel after the last one: mirrored, it is the one before the last; after an odd
-  # size is made even with the edge pixel, it is that pixel's mirror, pixel size - 2.
-  after = take(images, max(size - 2, 0), max(size - 1, 1)) if size % 2 else None
-  if size % 2:
-    images = jnp.concatenate([images, beyond(take(images, size - 1, size))], axis=axis)
-    size += 1
-  first, last = take(images, 0, 1), take(images, size - 1, size)
-  after = after if padding_mode == "reflection" and after is not None else beyond(last)
-  if size == 2:
-    return (beyond(first) + 3 * (first + last) + after) * 0.125
-  head = beyond(first) + 3 * (first + take(images, 1, 2)) + take(images, 2, 3)
-  interior = (take(images, 1, size - 3, 2) + take(images, 4, size, 2)
-              + 3 * (take(images, 2, size - 2, 2) + take(images, 3, size - 1, 2)))
-  tail = take(images, size - 3, size - 2) + 3 * (take(images, size - 2, size - 1) + last) + after
-  return jnp.concatenate([head, interior, tail], axis=axis) * 0.125
-
-
-def level_table(height: int, width: int) -> np.ndarray:
-  """Where `pyramid_atlas` puts each coarser level: int64 `[levels, 3]` of
-  `(row, height, width)`, from level 1."""
-  sizes = level_sizes(height, width)[1:]
-  rows = np.cumsum([0] + [h + 1 for h, _ in sizes[:-1]])
-  return np.asarray([(row, h, w) for row, (h, w) in zip(rows, sizes)], np.int64)
-
-
-def pyramid_atlas(images, padding_mode):
-  """The coarser levels of images `[B, H, W, C]` (all but the image itself) in one atlas
-  `[B, Ha, Wa, C]`, stacked from the top as `level_table` says, each followed by a row of
-  zeros and padded with zeros on the right."""
-  table = level_table(*images.shape[1:3])
-  rows = table[-1, 0] + table[-1, 1] + 1
-  atlas = None
-  level = images
-  for row in table[:, 0]:
-    level = _halve_axis(_halve_axis(level, 1, padding_mode), 2, padding_mode)
-    if atlas is None:  # Level 1 padded to the atlas (which keeps the images' sharding).
-      atlas = jnp.pad(level, ((0, 0), (0, rows - level.shape[1]), (0, 1), (0, 0)))
-    else:  # Written in place: no padded copies of each level to concatenate.
-      atlas = jax.lax.dynamic_update_slice(atlas, level, (0, row, 0, 0))
-  return atlas
 
 
 def _derivatives(coord):
@@ -205,7 +139,7 @@ def _halvings_sum(n):
 
 def _place(level, height, width):
   """Row, height and width in the atlas of coarser level `level` (int32 >= 1) of an image
-  `height x width`, as `level_table` lays them out, computed rather than looked up: level
+  `height x width`, as `_pyramid.level_table` lays them out, computed rather than looked up: level
   `k` is `((size - 1) >> k) + 1` pixels along an axis, and the rows above level `l` hold
   levels 1 to `l - 1`, each followed by a zero row."""
   rows_above = (_halvings_sum(height - 1) - _halvings_sum((height - 1) >> (level - 1))
@@ -281,7 +215,7 @@ def read(images, coords, padding_mode, align_corners, implementation, jacobian=N
   reflection. jacobian: d(x, y) / d(output column, row) as `grid.source_jacobian` gives
   it, `[B, ..., 1, 1]` for an affine map; None takes it from the points' differences."""
   images = images.astype(jnp.float32)
-  sizes = level_sizes(*images.shape[1:3])
+  sizes = _pyramid.level_sizes(*images.shape[1:3])
   x, y = coords
   padded = [_interpolation.apply_padding(c, size, padding_mode, align_corners)
             for c, size in zip(coords, sizes[0][::-1])]
@@ -370,7 +304,7 @@ def read(images, coords, padding_mode, align_corners, implementation, jacobian=N
                         zeros)
 
   def coarse():
-    atlas = pyramid_atlas(images, padding_mode)
+    atlas = _pyramid.atlas(images, padding_mode)
     return [_interpolation.bilinear(atlas, per_point[0:2], implementation),
             read_if(second_needed, atlas, lambda: per_point[2:4])]
 

@@ -21,7 +21,7 @@ components in one loop; the image gradient over chunks whose gradient fits in ca
 (`_corners.in_chunks`), or in the compiled kernel for 2-D images with
 `implementation="cpu_kernel"`.
 
-Every bind goes through `_bind`: inside `shard_map` the operands are made to vary over
+Every bind goes through `bind`: inside `shard_map` the operands are made to vary over
 the same mesh axes, and arrays whose types carry explicit sharding are read per device
 (`shard_map` over the axes that shard the batch).
 
@@ -52,7 +52,7 @@ coordinate_cotangent_p.multiple_results = True
 
 
 def read(images, coords, implementation):
-  return _bind(read_p, images, *coords, implementation=implementation)
+  return bind(read_p, images, *coords, implementation=implementation)
 
 
 # Binding under shard_map and explicit sharding. Every operand's leading axis is the
@@ -70,7 +70,7 @@ def _explicit_axes(aval, dim):
   return tuple(n for n in names if types[n] == jax.sharding.AxisType.Explicit)
 
 
-def _bind(primitive, *args, **params):
+def bind(primitive, *args, **params):
   """`primitive.bind`, also with operands whose types carry explicit sharding: sharded
   along the batch, each device reads its own images (`shard_map` over those axes);
   sharded along any other axis, the operands are gathered first."""
@@ -200,7 +200,7 @@ def _read_jvp(primals, tangents, *, implementation):
   tangent_images, tangent_coords = tangents[0], tangents[1:]
   terms = []
   if not all(_is_zero(t) for t in tangent_coords):
-    terms.append(_bind(coordinate_tangent_p,
+    terms.append(bind(coordinate_tangent_p,
                        *(ad.instantiate_zeros(t) for t in tangent_coords), images, *coords))
   if not _is_zero(tangent_images):
     terms.append(read(tangent_images, coords, implementation))
@@ -212,12 +212,12 @@ def _linear_jvp(primitive):
   autodiff of the reference code for the others'."""
   def jvp(primals, tangents, **params):
     linear = _linear(primitive, primals)
-    out = _bind(primitive, *primals, **params)
+    out = bind(primitive, *primals, **params)
     fixed, varying = primals[:linear], primals[linear:]
     terms = []
     if not all(_is_zero(t) for t in tangents[:linear]):
       linear_tangents = [ad.instantiate_zeros(t) for t in tangents[:linear]]
-      terms.append(_bind(primitive, *linear_tangents, *varying, **params))
+      terms.append(bind(primitive, *linear_tangents, *varying, **params))
     if not all(_is_zero(t) for t in tangents[linear:]):
       reference = lambda *varying: _REFERENCES[primitive](*fixed, *varying, **params)
       terms.append(jax.jvp(reference, tuple(varying),
@@ -239,7 +239,7 @@ def _transpose_rule(primitive, transposed, transposed_params):
     if all(_is_zero(c) for c in cotangents):
       return [ad.Zero(a.aval) for a in linear_args] + [None] * len(others)
     cotangents = [ad.instantiate_zeros(c) for c in cotangents]
-    out = _bind(transposed, *cotangents, *others, **transposed_params(args, params))
+    out = bind(transposed, *cotangents, *others, **transposed_params(args, params))
     return list(out if transposed.multiple_results else [out]) + [None] * len(others)
 
   return transpose
@@ -273,10 +273,10 @@ def _fold_mapped_axis(args, dims):
   return folded, size
 
 
-def _batch_rule(primitive):
+def batch_rule(primitive):
   def rule(args, dims, **params):
     folded, size = _fold_mapped_axis(args, dims)
-    out = _bind(primitive, *folded, **params)
+    out = bind(primitive, *folded, **params)
     unfold = lambda o: o.reshape((size, -1) + o.shape[1:])
     if primitive.multiple_results:
       return [unfold(o) for o in out], [0] * len(out)
@@ -285,4 +285,4 @@ def _batch_rule(primitive):
 
 
 for _primitive in _PRIMITIVES:
-  batching.primitive_batchers[_primitive] = _batch_rule(_primitive)
+  batching.primitive_batchers[_primitive] = batch_rule(_primitive)

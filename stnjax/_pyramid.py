@@ -110,7 +110,7 @@ def _expand_axis(cotangent, axis, size, padding_mode):
 
 
 def level_table(height: int, width: int) -> np.ndarray:
-  """Where `pyramid_atlas` puts each coarser level: int64 `[levels, 3]` of
+  """Where `atlas` puts each coarser level: int64 `[levels, 3]` of
   `(row, height, width)`, from level 1."""
   sizes = level_sizes(height, width)[1:]
   rows = np.cumsum([0] + [h + 1 for h, _ in sizes[:-1]])
@@ -120,7 +120,7 @@ def level_table(height: int, width: int) -> np.ndarray:
 def _atlas_reference(images, padding_mode):
   """`atlas`'s computation: level 1 padded to the atlas, each coarser level written in."""
   table = level_table(*images.shape[1:3])
-  rows = table[-1, 0] + table[-1, 1] + 1
+  rows = atlas_shape(images.shape)[1]
   atlas = None
   level = images
   for row in table[:, 0]:
@@ -130,8 +130,6 @@ def _atlas_reference(images, padding_mode):
     else:  # Written in place: no padded copies of each level to concatenate.
       atlas = jax.lax.dynamic_update_slice(atlas, level, (0, row, 0, 0))
   return atlas
-
-
 
 
 def _atlas_transpose_reference(cotangent, padding_mode, spatial):

@@ -15,6 +15,7 @@ from jax.test_util import check_grads
 import stnjax
 from stnjax import _antialias
 from stnjax import _interpolation
+from stnjax import _pyramid
 
 
 def zone_plate(size):
@@ -271,12 +272,12 @@ def test_blur_grows_smoothly_with_the_zoom():
 
 def test_pyramid_levels_and_atlas_layout():
   images = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 5, 9, 3)), jnp.float32)
-  assert _antialias.level_sizes(5, 9) == [(5, 9), (3, 5), (2, 3), (1, 2), (1, 1)]
-  table = _antialias.level_table(5, 9)
-  atlas = np.asarray(jax.jit(lambda i: _antialias.pyramid_atlas(i, "zeros"))(images))
+  assert _pyramid.level_sizes(5, 9) == [(5, 9), (3, 5), (2, 3), (1, 2), (1, 1)]
+  table = _pyramid.level_table(5, 9)
+  atlas = np.asarray(jax.jit(lambda i: _pyramid.atlas(i, "zeros"))(images))
   for (row, height, width), level in zip(table.astype(int), range(1, 5)):
     block = atlas[:, row:row + height, :width]
-    assert block.shape[1:3] == _antialias.level_sizes(5, 9)[level]
+    assert block.shape[1:3] == _pyramid.level_sizes(5, 9)[level]
     # A ring of zeros below and to the right of every level.
     assert np.abs(atlas[:, row + height]).max() == 0
     assert np.abs(atlas[:, row:row + height, width:]).max(initial=0) == 0
@@ -292,7 +293,7 @@ def test_levels_are_placed_by_arithmetic_as_the_table_says():
   agrees with the table the atlas is built from, for every level of many sizes."""
   for height, width in [(1, 2), (2, 1), (5, 9), (7, 7), (64, 48), (257, 100), (1000, 3),
                         (4097, 2)]:
-    table = _antialias.level_table(height, width)
+    table = _pyramid.level_table(height, width)
     levels = jnp.arange(1, len(table) + 1, dtype=jnp.int32)
     place = jax.jit(lambda l, h=height, w=width: _antialias._place(l, h, w))(levels)
     np.testing.assert_array_equal(np.stack(place, axis=-1), table, err_msg=f"{height}x{width}")
@@ -317,8 +318,44 @@ def test_each_level_filters_the_image_extended_as_its_padding_mode_says(padding_
     padded = np.pad(image, ((0, 0), (1, 2 * half + 1 - size), (0, 0), (0, 0)), mode=numpy_mode)
     expected = sum(weight * padded[:, start:start + 2 * half - 1:2]
                    for start, weight in enumerate(np.array([1, 3, 3, 1]) / 8))
-    np.testing.assert_allclose(_antialias._halve_axis(jnp.asarray(image), 1, padding_mode),
+    np.testing.assert_allclose(_pyramid._halve_axis(jnp.asarray(image), 1, padding_mode),
                                expected, rtol=1e-6, err_msg=f"size {size}")
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_the_atlas_transpose_is_the_filters_transpose(padding_mode):
+  """The written-out transpose (`_pyramid._atlas_transpose_reference`) is autodiff's
+  transpose of the atlas, for even and odd sizes, one pixel wide or high included."""
+  rng = np.random.default_rng(4)
+  for height, width in [(1, 2), (2, 1), (1, 7), (2, 2), (3, 3), (5, 9), (8, 6), (9, 4)]:
+    images = jnp.asarray(rng.normal(size=(2, height, width, 2)), jnp.float32)
+    cotangent = jnp.asarray(rng.normal(size=_pyramid.atlas_shape(images.shape)), jnp.float32)
+    autodiff, = jax.linear_transpose(
+        lambda i: _pyramid._atlas_reference(i, padding_mode), images)(cotangent)
+    written = _pyramid._atlas_transpose_reference(cotangent, padding_mode, (height, width))
+    np.testing.assert_allclose(written, autodiff, rtol=1e-6, atol=1e-6,
+                               err_msg=f"{height}x{width}")
+
+
+def test_atlas_derivatives_of_every_order_and_vmap():
+  """The atlas and its transpose are primitives: derivatives of both orders and modes
+  against finite differences, the gradient against the reference's, vmap against a loop."""
+  rng = np.random.default_rng(5)
+  images = jnp.asarray(rng.uniform(size=(2, 5, 6, 1)), jnp.float32)
+  weights = jnp.asarray(rng.normal(size=_pyramid.atlas_shape(images.shape)), jnp.float32)
+  loss = lambda i: jnp.sum(jnp.sin(3 * _pyramid.atlas(i, "reflection")) * weights)
+  check_grads(loss, (images,), order=2, modes=("fwd", "rev"), eps=1e-2, atol=1e-2, rtol=1e-2)
+  reference = lambda i: jnp.sum(jnp.sin(3 * _pyramid._atlas_reference(i, "reflection")) * weights)
+  np.testing.assert_allclose(jax.jit(jax.grad(loss))(images), jax.grad(reference)(images),
+                             rtol=1e-5, atol=1e-6)
+  stacked = jnp.stack([images, images[::-1] * 2])
+  mapped = jax.vmap(lambda i: _pyramid.atlas(i, "zeros"))(stacked)
+  np.testing.assert_array_equal(mapped[1], _pyramid.atlas(stacked[1], "zeros"))
+  transposed = jax.vmap(jax.grad(lambda i: jnp.sum(_pyramid.atlas(i, "border") * weights)))(
+      stacked)
+  np.testing.assert_allclose(transposed[1], jax.grad(
+      lambda i: jnp.sum(_pyramid._atlas_reference(i, "border") * weights))(stacked[1]),
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_modules_and_transforms_take_antialias():
