@@ -28,8 +28,9 @@ its short side.
 
 The coarser levels are laid out in one image (an atlas, `stnjax._pyramid`, whose
 transpose is written out), stacked, each with a ring of zeros, so that one bilinear read
-with the clamped coordinates of any level sees exactly that level with zero padding. Each point then needs two reads: the image and level 1, or
-two neighbouring coarser levels. All points make the same three (the image, and two of
+with the clamped coordinates of any level sees exactly that level with zero padding.
+Each point then needs two reads: the image and level 1, or two neighbouring coarser
+levels. All points make the same three (the image, and two of
 the atlas); the image read is skipped where no point of the batch needs it (every
 point shrinks by more than about 3.2x), the atlas and both its reads where none does,
 the second atlas read where only it is not needed. A read a point does not need goes

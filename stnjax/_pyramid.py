@@ -125,7 +125,7 @@ def _atlas_reference(images, padding_mode):
   level = images
   for row in table[:, 0]:
     level = _halve_axis(_halve_axis(level, 1, padding_mode), 2, padding_mode)
-    if atlas is None:  # Level 1 padded to the atlas (which keeps the images' sharding).
+    if atlas is None:  # Level 1 padded to the atlas.
       atlas = jnp.pad(level, ((0, 0), (0, rows - level.shape[1]), (0, 1), (0, 0)))
     else:  # Written in place: no padded copies of each level to concatenate.
       atlas = jax.lax.dynamic_update_slice(atlas, level, (0, row, 0, 0))
