@@ -201,7 +201,7 @@ def _read_jvp(primals, tangents, *, implementation):
   terms = []
   if not all(_is_zero(t) for t in tangent_coords):
     terms.append(bind(coordinate_tangent_p,
-                       *(ad.instantiate_zeros(t) for t in tangent_coords), images, *coords))
+                      *(ad.instantiate_zeros(t) for t in tangent_coords), images, *coords))
   if not _is_zero(tangent_images):
     terms.append(read(tangent_images, coords, implementation))
   return read(images, coords, implementation), _sum_terms(terms)
