@@ -28,7 +28,8 @@ its short side.
 
 The coarser levels are laid out in one image (an atlas, `stnjax._pyramid`, whose
 transpose is written out), stacked, each with a ring of zeros, so that one bilinear read
-with the clamped coordinates of any level sees exactly that level with zero padding.
+with the clamped coordinates of any level sees exactly that level with zero padding,
+and every corner it reads is inside the flattened atlas (so the reads check no bounds).
 Each point then needs two reads: the image and level 1, or two neighbouring coarser
 levels. All points make the same three (the image, and two of
 the atlas); the image read is skipped where no point of the batch needs it (every
@@ -140,11 +141,11 @@ def _halvings_sum(n):
 
 def _place(level, height, width):
   """Row, height and width in the atlas of coarser level `level` (int32 >= 1) of an image
-  `height x width`, as `_pyramid.level_table` lays them out, computed rather than looked up: level
-  `k` is `((size - 1) >> k) + 1` pixels along an axis, and the rows above level `l` hold
-  levels 1 to `l - 1`, each followed by a zero row."""
+  `height x width`, as `_pyramid.level_table` lays them out, computed rather than looked
+  up: level `k` is `((size - 1) >> k) + 1` pixels along an axis, and the rows above level
+  `l` are a zero row and levels 1 to `l - 1`, each followed by two zero rows."""
   rows_above = (_halvings_sum(height - 1) - _halvings_sum((height - 1) >> (level - 1))
-                + 2 * (level - 1))
+                + 3 * (level - 1) + 1)
   return [a.astype(jnp.float32)
           for a in (rows_above, ((height - 1) >> level) + 1, ((width - 1) >> level) + 1)]
 
@@ -157,16 +158,19 @@ def _level_coords(x, y, level):
 
 
 def _in_atlas(at_x, at_y, level, image_size, padding_mode):
-  """Coordinates (at_x, at_y) on coarser level `level` (>= 1) clamped to the level and
-  moved to its place in the atlas."""
+  """Coordinates (at_x, at_y) on coarser level `level` (>= 1) clamped to the level (and
+  its zero ring for zeros padding) and moved to its place in the atlas, where every
+  corner is inside the flattened atlas (`_pyramid.level_table`); NaN to the low end."""
   row, height, width = _place(level, *image_size)
-  if padding_mode == "zeros":  # The zero ring, or zeros beyond the atlas.
+  if padding_mode == "zeros":
     low, high_x, high_y = -1.0, width, height
   else:
     low, high_x, high_y = 0.0, width - 1, height - 1
-  at_x = jnp.where(at_x <= low, low, jnp.where(at_x >= high_x, high_x, at_x))
-  at_y = jnp.where(at_y <= low, low, jnp.where(at_y >= high_y, high_y, at_y))
-  return at_x, at_y + row
+
+  def clamp(coord, high):  # Zero gradient at either end, as the plain read's padding.
+    return jnp.where(coord > low, jnp.where(coord < high, coord, high), low)
+
+  return clamp(at_x, high_x) + _pyramid.LEVEL_COLUMN, clamp(at_y, high_y) + row
 
 
 def _target_spread(plain_spread, long_squared, short_squared):
@@ -299,15 +303,14 @@ def read(images, coords, padding_mode, align_corners, implementation, jacobian=N
   # A read no point of the batch needs is skipped (the image where every point's
   # footprint has a short side over about 3.2 pixels or a long one over 4.4, sqrt(19);
   # the pyramid where no point's exceeds 1); under vmap both branches run, as a select.
-  def read_if(needed, array, points):
-    return jax.lax.cond(needed,
-                        lambda: _interpolation.bilinear(array, points(), implementation),
-                        zeros)
+  def read_if(needed, array, points, unchecked=False):
+    return jax.lax.cond(needed, lambda: _interpolation.bilinear(
+        array, points(), implementation, unchecked), zeros)
 
   def coarse():
     atlas = _pyramid.atlas(images, padding_mode)
-    return [_interpolation.bilinear(atlas, per_point[0:2], implementation),
-            read_if(second_needed, atlas, lambda: per_point[2:4])]
+    return [_interpolation.bilinear(atlas, per_point[0:2], implementation, unchecked=True),
+            read_if(second_needed, atlas, lambda: per_point[2:4], unchecked=True)]
 
   on_image_read = read_if(image_needed, images, lambda: where_used(on_image_used, padded))
   first_read, second_read = jax.lax.cond(coarse_needed, coarse, lambda: [zeros(), zeros()])

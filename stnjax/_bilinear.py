@@ -25,6 +25,9 @@ Every bind goes through `bind`: inside `shard_map` the operands are made to vary
 the same mesh axes, and arrays whose types carry explicit sharding are read per device
 (`shard_map` over the axes that shard the batch).
 
+Each primitive takes `unchecked`: no bounds checks, for callers that promise every
+corner inside the flattened batch (`_corners.corners`; the antialiased atlas reads).
+
 Shapes: images float32 `[B, *spatial, C]` with spatial `(H, W)` or `(D, H, W)`;
 coords `(x, y)` or `(x, y, z)` and their tangents float32 `[B, N]` (padding applied);
 reads and their cotangents float32 `[B, N, C]`.
@@ -51,8 +54,9 @@ coordinate_cotangent_p = Primitive("stnjax_bilinear_coordinate_cotangent")
 coordinate_cotangent_p.multiple_results = True
 
 
-def read(images, coords, implementation):
-  return bind(read_p, images, *coords, implementation=implementation)
+def read(images, coords, implementation, unchecked=False):
+  return bind(read_p, images, *coords, implementation=implementation,
+              unchecked=unchecked)
 
 
 # Binding under shard_map and explicit sharding. Every operand's leading axis is the
@@ -108,9 +112,9 @@ image_gradient_p.def_abstract_eval(
     lambda cotangent, x, *_, spatial, **__: cotangent.update(
         shape=(x.shape[0],) + spatial + (cotangent.shape[-1],), dtype=jnp.float32))
 coordinate_tangent_p.def_abstract_eval(
-    lambda *args: _points_aval(args[_dims(args) + 1], args[_dims(args)].shape[-1]))
+    lambda *args, **_: _points_aval(args[_dims(args) + 1], args[_dims(args)].shape[-1]))
 coordinate_cotangent_p.def_abstract_eval(
-    lambda cotangent, images, *coords: [_points_aval(c) for c in coords])
+    lambda cotangent, images, *coords, **_: [_points_aval(c) for c in coords])
 
 _PRIMITIVES = (read_p, image_gradient_p, coordinate_tangent_p, coordinate_cotangent_p)
 for _primitive in _PRIMITIVES:
@@ -121,21 +125,23 @@ for _primitive in _PRIMITIVES:
 # The reference code for each primitive (plain JAX, differentiable in every argument).
 
 
-def _read_reference(images, *coords, implementation):
+def _read_reference(images, *coords, implementation, unchecked):
   del implementation
-  return _corners.read(images, *coords)
+  return _corners.read(images, *coords, unchecked=unchecked)
 
 
-def _image_gradient_reference(cotangent, *coords, spatial, implementation):
+def _image_gradient_reference(cotangent, *coords, spatial, implementation, unchecked):
   del implementation
-  return _corners.image_gradient(cotangent, *coords, spatial=spatial)
+  return _corners.image_gradient(cotangent, *coords, spatial=spatial,
+                                 unchecked=unchecked)
 
 
 _REFERENCES = {
     read_p: _read_reference,
     image_gradient_p: _image_gradient_reference,
     coordinate_tangent_p: _corners.coordinate_tangent,
-    coordinate_cotangent_p: lambda *args: list(_corners.coordinate_cotangent(*args)),
+    coordinate_cotangent_p: lambda *args, **params: list(
+        _corners.coordinate_cotangent(*args, **params)),
 }
 
 
@@ -145,27 +151,35 @@ _REFERENCES = {
 CACHED_GRADIENT_BYTES = 1 << 20
 
 
-def _image_gradient_on_cpu(cotangent, *coords, spatial, implementation):
+def _image_gradient_on_cpu(cotangent, *coords, spatial, implementation, unchecked):
   del implementation
   image_bytes = math.prod(spatial) * cotangent.shape[-1] * cotangent.dtype.itemsize
-  return _corners.in_chunks(functools.partial(_corners.image_gradient, spatial=spatial),
+  return _corners.in_chunks(functools.partial(_corners.image_gradient, spatial=spatial,
+                                              unchecked=unchecked),
                             cotangent, *coords,
                             max_images=CACHED_GRADIENT_BYTES // image_bytes)
 
 
-def _image_gradient_cpu_lowering(ctx, cotangent, *coords, spatial, implementation):
-  if implementation == "cpu_kernel" and len(coords) == 2:
+def _image_gradient_cpu_lowering(ctx, cotangent, *coords, spatial, implementation,
+                                 unchecked):
+  if implementation == "cpu_kernel" and len(coords) == 2:  # It checks bounds regardless.
     # The kernel takes (x, y, cotangent); ffi_lowering reads the operands' types from ctx.
     kernel_ctx = ctx.replace(avals_in=(ctx.avals_in[1], ctx.avals_in[2], ctx.avals_in[0]))
     return jax.ffi.ffi_lowering(_cpu_kernel.TARGET)(kernel_ctx, *coords, cotangent)
   return mlir.lower_fun(functools.partial(
-      _image_gradient_on_cpu, spatial=spatial, implementation=implementation),
-                        multiple_results=False)(ctx, cotangent, *coords)
+      _image_gradient_on_cpu, spatial=spatial, implementation=implementation,
+      unchecked=unchecked), multiple_results=False)(ctx, cotangent, *coords)
 
 
-def _coordinate_cotangent_on_cpu(cotangent, images, *coords):
+def _coordinate_tangent_on_cpu(*args, unchecked):
+  return _corners.in_two_chunks(functools.partial(
+      _corners.coordinate_tangent, unchecked=unchecked), *args)
+
+
+def _coordinate_cotangent_on_cpu(cotangent, images, *coords, unchecked):
   return list(_corners.in_two_chunks(
-      functools.partial(_corners.coordinate_cotangent, unrolled=True, one_loop=True),
+      functools.partial(_corners.coordinate_cotangent, unchecked=unchecked,
+                        unrolled=True, one_loop=True),
       cotangent, images, *coords))
 
 
@@ -174,8 +188,7 @@ for _primitive in _PRIMITIVES:
       _REFERENCES[_primitive], multiple_results=_primitive.multiple_results))
 mlir.register_lowering(image_gradient_p, _image_gradient_cpu_lowering, platform="cpu")
 mlir.register_lowering(coordinate_tangent_p, mlir.lower_fun(
-    lambda *args: _corners.in_two_chunks(_corners.coordinate_tangent, *args),
-    multiple_results=False), platform="cpu")
+    _coordinate_tangent_on_cpu, multiple_results=False), platform="cpu")
 mlir.register_lowering(coordinate_cotangent_p, mlir.lower_fun(
     _coordinate_cotangent_on_cpu, multiple_results=True), platform="cpu")
 
@@ -195,16 +208,16 @@ def _sum_terms(terms):
   return functools.reduce(lambda a, b: jax.tree.map(jnp.add, a, b), terms)
 
 
-def _read_jvp(primals, tangents, *, implementation):
+def _read_jvp(primals, tangents, *, implementation, unchecked):
   images, coords = primals[0], primals[1:]
   tangent_images, tangent_coords = tangents[0], tangents[1:]
   terms = []
   if not all(_is_zero(t) for t in tangent_coords):
-    terms.append(bind(coordinate_tangent_p,
-                      *(ad.instantiate_zeros(t) for t in tangent_coords), images, *coords))
+    terms.append(bind(coordinate_tangent_p, *(ad.instantiate_zeros(t) for t in tangent_coords),
+                      images, *coords, unchecked=unchecked))
   if not _is_zero(tangent_images):
-    terms.append(read(tangent_images, coords, implementation))
-  return read(images, coords, implementation), _sum_terms(terms)
+    terms.append(read(tangent_images, coords, implementation, unchecked))
+  return read(images, coords, implementation, unchecked), _sum_terms(terms)
 
 
 def _linear_jvp(primitive):
@@ -252,11 +265,12 @@ ad.primitive_transposes[read_p] = _transpose_rule(
     read_p, image_gradient_p,
     lambda args, params: dict(spatial=tuple(args[0].aval.shape[1:-1]), **params))
 ad.primitive_transposes[image_gradient_p] = _transpose_rule(
-    image_gradient_p, read_p, lambda args, params: dict(implementation=params["implementation"]))
+    image_gradient_p, read_p,
+    lambda args, params: {k: v for k, v in params.items() if k != "spatial"})
 ad.primitive_transposes[coordinate_tangent_p] = _transpose_rule(
-    coordinate_tangent_p, coordinate_cotangent_p, lambda args, params: {})
+    coordinate_tangent_p, coordinate_cotangent_p, lambda args, params: params)
 ad.primitive_transposes[coordinate_cotangent_p] = _transpose_rule(
-    coordinate_cotangent_p, coordinate_tangent_p, lambda args, params: {})
+    coordinate_cotangent_p, coordinate_tangent_p, lambda args, params: params)
 
 
 # Batching: the mapped axis becomes more images.

@@ -35,13 +35,20 @@ def _offsets(dims):
   return [offset[::-1] for offset in itertools.product((0, 1), repeat=dims)]
 
 
-def corners(coords, spatial):
+def corners(coords, spatial, unchecked=False):
   """The corners of points `coords` `[B, ...]` in images `[B, *spatial]` flattened to rows.
+
+  `unchecked`: no bounds are checked. Each corner is read at its index in the
+  flattened batch, `(image * H + row) * W + column` in 2-D, which the caller promises
+  lies in the batch for every corner of every point (so no NaN either): a corner one
+  column off the image reads the last pixel of the row above or the first of the row
+  below.
 
   Returns:
     `(corners, fractions)`: corners is a list of `(row_index, inside)` (indices always
-    valid, `inside` False where the corner is off the image or the point is NaN);
-    fractions are the fractional parts of the coordinates, in the order of `coords`.
+    valid, `inside` False where the corner is off the image or the point is NaN, None
+    when unchecked); fractions are the fractional parts of the coordinates, in the
+    order of `coords`.
   """
   floors = [jnp.floor(c) for c in coords]
   batch = coords[0].shape[0]
@@ -49,6 +56,11 @@ def corners(coords, spatial):
       (-1,) + (1,) * (coords[0].ndim - 1))
   sizes = spatial[::-1]  # Along x, y, z.
   strides = [math.prod(sizes[:axis]) for axis in range(len(sizes))]
+  fractions = [c - f for c, f in zip(coords, floors)]
+  if unchecked:  # One index, and each corner at a fixed step from it.
+    first = image_start + sum(f.astype(jnp.int32) * stride for f, stride in zip(floors, strides))
+    return [(first + sum(o * stride for o, stride in zip(offset, strides)), None)
+            for offset in _offsets(len(coords))], fractions
   axis_corners = [[index_and_mask(floor + offset, size) for offset in (0, 1)]
                   for floor, size in zip(floors, sizes)]
   found = []
@@ -61,7 +73,7 @@ def corners(coords, spatial):
       index = index + (axis_index * strides[axis] if strides[axis] != 1 else axis_index)
       inside = axis_inside if inside is None else inside & axis_inside
     found.append((index, inside))
-  return found, [c - f for c, f in zip(coords, floors)]
+  return found, fractions
 
 
 def take_rows(rows, index):
@@ -101,6 +113,11 @@ def slopes(fractions):
   return per_axis
 
 
+def _where_inside(inside, value):
+  """value where the corner is on the image, else zero (inside None: on it everywhere)."""
+  return value if inside is None else jnp.where(inside, value, 0.0)
+
+
 def gather(rows, found, corner_weights, select=False):
   """Sum over corners of weight * row (zero off the image): float32 `[..., C]`.
 
@@ -112,7 +129,9 @@ def gather(rows, found, corner_weights, select=False):
   """
   out = 0.0
   for (index, inside), weight in zip(found, corner_weights):
-    if select:
+    if inside is None:
+      out = out + weight[..., None] * take_rows(rows, index)
+    elif select:
       out = out + jnp.where(inside[..., None], weight[..., None] * take_rows(rows, index), 0.0)
     else:
       out = out + jnp.where(inside, weight, 0.0)[..., None] * take_rows(rows, index)
@@ -126,13 +145,13 @@ def _stand_ins_finite(images):
   return functools.reduce(operator.and_, [jnp.all(jnp.isfinite(face)) for face in faces])
 
 
-def with_finite_stand_ins(images, gathering):
+def with_finite_stand_ins(images, gathering, unchecked=False):
   """`gathering(select)`, exact for any pixel values: selecting costs nothing measurable
   with one channel; with more, XLA:CPU's loop over `[..., C]` pays for it (2-3x), so on
   the CPU it selects only where a pixel that corners off the image read in their place
   is not finite (elsewhere zero times it is zero). Other platforms always select (no
-  branch, whose predicate a GPU would wait for)."""
-  if images.shape[-1] == 1:
+  branch, whose predicate a GPU would wait for). Unchecked reads have no stand-ins."""
+  if images.shape[-1] == 1 or unchecked:
     return gathering(True)
 
   def checked():
@@ -146,28 +165,29 @@ def _rows(images):
   return images.astype(jnp.float32).reshape(-1, images.shape[-1])
 
 
-def read(images, *coords):
-  """images `[B, *spatial, C]` read at coords `[B, ...]`: float32 `[B, ..., C]`."""
+def read(images, *coords, unchecked=False):
+  """images `[B, *spatial, C]` read at coords `[B, ...]`: float32 `[B, ..., C]`.
+  `unchecked`: no bounds checks, as `corners` takes it (here and below)."""
   def gathering(select):
-    found, fractions = corners(coords, images.shape[1:-1])
+    found, fractions = corners(coords, images.shape[1:-1], unchecked)
     return gather(_rows(images), found, weights(fractions), select)
 
-  return with_finite_stand_ins(images, gathering)
+  return with_finite_stand_ins(images, gathering, unchecked)
 
 
-def image_gradient(cotangent, *coords, spatial):
+def image_gradient(cotangent, *coords, spatial, unchecked=False):
   """The transpose of `read` in the images: float32 `[B, *spatial, C]` from the
   cotangent `[B, ..., C]` of the reads at coords `[B, ...]` (XLA's scatter-add)."""
   batch, channels = coords[0].shape[0], cotangent.shape[-1]
-  found, fractions = corners(coords, spatial)
+  found, fractions = corners(coords, spatial, unchecked)
   grad = jnp.zeros((batch * math.prod(spatial), channels), jnp.float32)
   for (index, inside), weight in zip(found, weights(fractions)):
-    grad = grad.at[index].add(jnp.where(inside, weight, 0.0)[..., None] * cotangent,
+    grad = grad.at[index].add(_where_inside(inside, weight)[..., None] * cotangent,
                               mode="promise_in_bounds", wrap_negative_indices=False)
   return grad.reshape((batch,) + tuple(spatial) + (channels,))
 
 
-def coordinate_tangent(*args):
+def coordinate_tangent(*args, unchecked=False):
   """`coordinate_tangent(*tangents, images, *coords)`: the change of
   `read(images, *coords)` along tangents of the coordinates `[B, ...]`: `[B, ..., C]`.
 
@@ -177,12 +197,12 @@ def coordinate_tangent(*args):
   tangents, images, coords = args[:dims], args[dims], args[dims + 1:]
 
   def gathering(select):
-    found, fractions = corners(coords, images.shape[1:-1])
+    found, fractions = corners(coords, images.shape[1:-1], unchecked)
     changes = [_total([t * s for t, s in zip(tangents, corner_slopes)])
                for corner_slopes in zip(*slopes(fractions))]
     return gather(_rows(images), found, changes, select)
 
-  return with_finite_stand_ins(images, gathering)
+  return with_finite_stand_ins(images, gathering, unchecked)
 
 
 def _channel_sum(values, unrolled):
@@ -193,18 +213,19 @@ def _channel_sum(values, unrolled):
   return sum(values[..., c] for c in range(values.shape[-1]))
 
 
-def coordinate_cotangent(cotangent, images, *coords, unrolled=False, one_loop=False):
+def coordinate_cotangent(cotangent, images, *coords, unchecked=False, unrolled=False,
+                         one_loop=False):
   """The transpose of `coordinate_tangent` in its tangents: the cotangents of the
   coordinates, each `[B, ...]`, from the cotangent `[B, ..., C]` of the reads.
 
   `unrolled`: channel sums written out (`_channel_sum`); `one_loop`: the components
   computed together (`in_one_loop`). Both for XLA:CPU.
   """
-  found, fractions = corners(coords, images.shape[1:-1])
+  found, fractions = corners(coords, images.shape[1:-1], unchecked)
   rows = _rows(images)
   # Each corner's read meets the cotangent once (a gather with one consumer fuses into
   # it); the weights' slopes then combine the products.
-  products = [jnp.where(inside, _channel_sum(cotangent * take_rows(rows, index), unrolled), 0.0)
+  products = [_where_inside(inside, _channel_sum(cotangent * take_rows(rows, index), unrolled))
               for index, inside in found]
   cotangents = tuple(sum(slope * product for slope, product in zip(axis_slopes, products))
                      for axis_slopes in slopes(fractions))

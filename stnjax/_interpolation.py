@@ -57,8 +57,10 @@ def apply_padding(coord, size, padding_mode, align_corners):
   return coord
 
 
-def bilinear(images, coords, implementation):
-  """images `[B, *spatial, C]` read at coords `[B, ...]` (padding applied): float32 `[B, ..., C]`."""
+def bilinear(images, coords, implementation, unchecked=False):
+  """images `[B, *spatial, C]` read at coords `[B, ...]` (padding applied): float32 `[B, ..., C]`.
+  `unchecked`: no bounds checks; the caller promises every corner's index in the
+  flattened batch inside it (`_corners.corners`)."""
   batch, spatial, channels = images.shape[0], images.shape[1:-1], images.shape[-1]
   if batch * math.prod(spatial) >= 2**31:
     raise ValueError(f"{_LINEAR_NAMES[len(spatial)]} sampling indexes pixels with int32: "
@@ -66,7 +68,7 @@ def bilinear(images, coords, implementation):
                      "split the batch.")
   points = coords[0].shape[1:]
   out = _bilinear.read(images.astype(jnp.float32), [c.reshape(batch, -1) for c in coords],
-                       implementation)
+                       implementation, unchecked)
   return out.reshape((batch,) + points + (channels,))
 
 

@@ -2,7 +2,8 @@
 
 Each level is half the size of the one below, filtered with `[1, 3, 3, 1] / 8` along each
 axis (`_halve_axis`); the coarser levels (all but the image itself) are stacked in one
-image, each followed by a row of zeros and padded with zeros on the right (`level_table`).
+image, each in a ring of zeros, with room enough that every corner of a bilinear read
+anywhere on a level or on its ring lies inside the flattened atlas (`level_table`).
 
 The atlas is linear in the image. `atlas_p` builds it and `atlas_transpose_p` is its
 transpose, written out (`_expand_axis`): plain autodiff of the filters' strided slices and
@@ -109,11 +110,20 @@ def _expand_axis(cotangent, axis, size, padding_mode):
   return take(spread, 0, size) * 0.125
 
 
+# Each level's first column in the atlas: column 0 is zeros.
+LEVEL_COLUMN = 1
+
+
 def level_table(height: int, width: int) -> np.ndarray:
-  """Where `atlas` puts each coarser level: int64 `[levels, 3]` of
-  `(row, height, width)`, from level 1."""
+  """Where `atlas` puts each coarser level: int64 `[levels, 3]` of `(row, height, width)`,
+  from level 1, each level's first column `LEVEL_COLUMN`. Row 0 is zeros, two zero rows
+  follow each level (three the last), and a zero column is on either side of level 1
+  (the widest). A bilinear read anywhere on a level or its ring of zeros then reads only
+  that level and zeros, at indices inside the flattened atlas: a corner one column right
+  of the ring is the next row's first pixel (zero; the last level's lowest such corners
+  are in the third row after it)."""
   sizes = level_sizes(height, width)[1:]
-  rows = np.cumsum([0] + [h + 1 for h, _ in sizes[:-1]])
+  rows = 1 + np.cumsum([0] + [h + 2 for h, _ in sizes[:-1]])
   return np.asarray([(row, h, w) for row, (h, w) in zip(rows, sizes)], np.int64)
 
 
@@ -126,9 +136,10 @@ def _atlas_reference(images, padding_mode):
   for row in table[:, 0]:
     level = _halve_axis(_halve_axis(level, 1, padding_mode), 2, padding_mode)
     if atlas is None:  # Level 1 padded to the atlas.
-      atlas = jnp.pad(level, ((0, 0), (0, rows - level.shape[1]), (0, 1), (0, 0)))
+      atlas = jnp.pad(level, ((0, 0), (row, rows - row - level.shape[1]), (LEVEL_COLUMN, 1),
+                              (0, 0)))
     else:  # Written in place: no padded copies of each level to concatenate.
-      atlas = jax.lax.dynamic_update_slice(atlas, level, (0, row, 0, 0))
+      atlas = jax.lax.dynamic_update_slice(atlas, level, (0, row, LEVEL_COLUMN, 0))
   return atlas
 
 
@@ -139,8 +150,9 @@ def _atlas_transpose_reference(cotangent, padding_mode, spatial):
   sizes = level_sizes(*spatial)
   below = None
   for (row, height, width), finer in zip(level_table(*spatial)[::-1], sizes[-2::-1]):
-    level = jax.lax.slice(cotangent, (0, row, 0, 0),
-                          (cotangent.shape[0], row + height, width, cotangent.shape[3]))
+    level = jax.lax.slice(cotangent, (0, row, LEVEL_COLUMN, 0),
+                          (cotangent.shape[0], row + height, LEVEL_COLUMN + width,
+                           cotangent.shape[3]))
     if below is not None:
       level = level + below
     below = _expand_axis(_expand_axis(level, 2, finer[1], padding_mode), 1, finer[0],
@@ -150,15 +162,16 @@ def _atlas_transpose_reference(cotangent, padding_mode, spatial):
 
 def atlas(images, padding_mode):
   """The coarser levels of images `[B, H, W, C]` (all but the image itself) in one atlas
-  `[B, Ha, Wa, C]`, stacked from the top as `level_table` says, each followed by a row of
-  zeros and padded with zeros on the right. float32."""
+  `[B, Ha, Wa, C]`, stacked from the top as `level_table` says, zeros around them.
+  float32."""
   return _bilinear.bind(atlas_p, images.astype(jnp.float32), padding_mode=padding_mode)
 
 
 def atlas_shape(shape):
   """The atlas's shape for images of shape `[B, H, W, C]`."""
   table = level_table(*shape[1:3])
-  return (shape[0], int(table[-1, 0] + table[-1, 1] + 1), int(table[0, 2] + 1), shape[3])
+  return (shape[0], int(table[-1, 0] + table[-1, 1] + 3), int(LEVEL_COLUMN + table[0, 2] + 1),
+          shape[3])
 
 
 atlas_p.def_abstract_eval(

@@ -247,9 +247,9 @@ def test_which_reads_run(scale, degrees, image_reads, atlas_reads, monkeypatch):
   widths = []
   bilinear = _interpolation.bilinear
 
-  def counted(array, coords, implementation):
+  def counted(array, coords, implementation, unchecked=False):
     jax.debug.callback(lambda: widths.append(array.shape[2]))
-    return bilinear(array, coords, implementation)
+    return bilinear(array, coords, implementation, unchecked)
 
   monkeypatch.setattr(_interpolation, "bilinear", counted)
   size = int(64 * scale)
@@ -275,17 +275,59 @@ def test_pyramid_levels_and_atlas_layout():
   assert _pyramid.level_sizes(5, 9) == [(5, 9), (3, 5), (2, 3), (1, 2), (1, 1)]
   table = _pyramid.level_table(5, 9)
   atlas = np.asarray(jax.jit(lambda i: _pyramid.atlas(i, "zeros"))(images))
+  assert atlas.shape == _pyramid.atlas_shape(images.shape)
+  column = _pyramid.LEVEL_COLUMN
+  outside = np.ones(atlas.shape[1:3], bool)
   for (row, height, width), level in zip(table.astype(int), range(1, 5)):
-    block = atlas[:, row:row + height, :width]
+    block = atlas[:, row:row + height, column:column + width]
     assert block.shape[1:3] == _pyramid.level_sizes(5, 9)[level]
-    # A ring of zeros below and to the right of every level.
-    assert np.abs(atlas[:, row + height]).max() == 0
-    assert np.abs(atlas[:, row:row + height, width:]).max(initial=0) == 0
+    assert np.abs(block).min() > 0
+    outside[row:row + height, column:column + width] = False
+    # Every level has a ring of zeros one pixel wide, and a second zero row below it.
+    assert row >= 1 and column >= 1
+    assert row + height + 2 <= atlas.shape[1] and column + width + 1 <= atlas.shape[2]
+  assert np.abs(atlas[:, outside]).max() == 0
   # Level 1 is the [1, 3, 3, 1] / 8 filter of the zero-padded image, every second pixel.
   taps = np.array([1, 3, 3, 1]) / 8
   padded = np.pad(np.asarray(images), ((0, 0), (1, 2), (1, 2), (0, 0)))
   expected = np.einsum("i,j,bijc->bc", taps, taps, padded[:, 2:6, 4:8])
-  np.testing.assert_allclose(atlas[:, 1, 2], expected, rtol=1e-6)
+  np.testing.assert_allclose(atlas[:, table[0, 0] + 1, column + 2], expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border", "reflection"])
+def test_unchecked_atlas_reads_stay_in_the_atlas_and_read_each_level_padded(padding_mode):
+  """The atlas reads check no bounds (`unchecked`). At the coordinates `_in_atlas` gives
+  any point of any level (on it, at its edges, beyond it, infinite, NaN), every corner's
+  index in the flattened atlas is inside it, and the read equals a checked read of that
+  level alone: zero padding, or clamped to the level for border and reflection (whose
+  coordinates are mirrored on the image before)."""
+  edges = np.array([-np.inf, -1e30, -3.0, -1.0, -0.5, -1e-7, 0.0, 0.25, 1.0, 1.5])
+  for height, width in [(1, 2), (2, 1), (5, 9), (8, 8), (33, 7)]:
+    images = jnp.asarray(np.random.default_rng(height).uniform(
+        0.5, 1.5, size=(2, height, width, 2)), jnp.float32)
+    atlas = _pyramid.atlas(images, padding_mode)
+    rows, columns = atlas.shape[1:3]
+    for level, (row, level_height, level_width) in enumerate(
+        _pyramid.level_table(height, width), start=1):
+      along_x = np.concatenate([edges, level_width - 1 - edges, [np.nan, np.inf, 1e30]])
+      along_y = np.concatenate([edges, level_height - 1 - edges, [np.nan, np.inf, 1e30]])
+      at = [jnp.asarray(np.broadcast_to(c, (2,) + c.shape), jnp.float32)
+            for c in np.meshgrid(along_x, along_y)]
+      x, y = jax.jit(lambda x, y, l=level: _antialias._in_atlas(
+          x, y, jnp.full(x.shape, l, jnp.int32), (height, width), padding_mode))(*at)
+      first = np.floor(np.asarray(y)) * columns + np.floor(np.asarray(x))
+      assert first.min() >= 0 and (first + columns + 1).max() < rows * columns
+      read = _interpolation.bilinear(atlas, (x, y), "xla", unchecked=True)
+      block = atlas[:, row:row + level_height,
+                    _pyramid.LEVEL_COLUMN:_pyramid.LEVEL_COLUMN + level_width]
+      mode = "zeros" if padding_mode == "zeros" else "border"
+      padded = [_interpolation.apply_padding(c, size, mode, False)
+                for c, size in zip(at, (level_width, level_height))]
+      expected = _interpolation.bilinear(block, padded, "xla")
+      finite = np.isfinite(np.asarray(at[0] + at[1]))
+      np.testing.assert_allclose(np.asarray(read)[finite], np.asarray(expected)[finite],
+                                 rtol=1e-6, atol=1e-7,
+                                 err_msg=f"{height}x{width} level {level}")
 
 
 def test_levels_are_placed_by_arithmetic_as_the_table_says():

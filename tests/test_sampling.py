@@ -436,3 +436,37 @@ def test_the_cpu_forms_of_the_coordinate_gradient_equal_the_plain_one(spatial, c
     assert len(cpu_form) == len(spatial)
     for got, want in zip(cpu_form, plain):
       np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial,channels", [((6, 7), 1), ((6, 7), 3), ((4, 5, 6), 2)])
+def test_unchecked_reads_equal_checked_ones_with_every_derivative(spatial, channels):
+  # With `unchecked` the bilinear primitives skip the bounds checks (every corner is on
+  # the image here); values, first and second derivatives in both modes, the image
+  # gradient's CPU chunks and vmap must not change.
+  from stnjax import _interpolation
+  from jax.test_util import check_grads
+  batch, points = 3, 40
+  rng = np.random.default_rng(0)
+  images = random_image((batch,) + spatial + (channels,))
+  coords = tuple(jnp.asarray(rng.uniform(0, size - 1.001, (batch, points)), jnp.float32)
+                 for size in spatial[::-1])
+
+  def read(unchecked):
+    return lambda images, *coords: _interpolation.bilinear(images, coords, "xla", unchecked)
+
+  unchecked, checked = read(True), read(False)
+  np.testing.assert_allclose(jax.jit(unchecked)(images, *coords), checked(images, *coords),
+                             rtol=1e-6, atol=1e-7)
+  weights = random_image((batch, points, channels), seed=1)
+  loss = lambda f: lambda *args: jnp.vdot(f(*args), weights)
+  argnums = tuple(range(1 + len(spatial)))
+  for got, want in zip(jax.jit(jax.grad(loss(unchecked), argnums))(images, *coords),
+                       jax.grad(loss(checked), argnums)(images, *coords), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  hessian_vector = lambda f: jax.jvp(jax.grad(loss(f), argnums), (images, *coords),
+                                     (images, *coords))[1]
+  for got, want in zip(hessian_vector(unchecked), hessian_vector(checked), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  mapped = jax.vmap(unchecked)(*(jnp.stack([a, a]) for a in (images, *coords)))
+  np.testing.assert_allclose(mapped[1], checked(images, *coords), rtol=1e-6, atol=1e-7)
+  check_grads(unchecked, (images, *coords), order=2, modes=("fwd", "rev"), eps=1e-3)
