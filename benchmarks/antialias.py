@@ -16,13 +16,19 @@ none for the projective and 3x rows, which are shown for what they are).
 Cost: a batch of 8 images, 256 x 256 and 512 x 512 (`--cost_sizes`), warped to a
 quarter of the size (4x shrinking, a different rotation per image), plain and
 antialiased in turns of a few calls, the first of each turn untimed; medians, forward
-and forward + backward to theta and image.
+and forward + backward to theta and image, and the minor page faults per call of each
+(plain / antialiased) after the timing.
 """
 
 import argparse
 import json
 import pathlib
 import sys
+
+try:
+  import resource  # POSIX only.
+except ImportError:
+  resource = None
 
 import jax
 import jax.numpy as jnp
@@ -114,11 +120,27 @@ def costs_at(warmup, repeats, size, channels, batch):
         runners["antialiased" if antialias else "plain"] = (
             lambda f=function: jax.block_until_ready(f(thetas, images)))
       seconds = sampler.median_seconds_in_turns(runners, warmup, repeats)
+      faults = {name: page_faults_per_call(run) for name, run in runners.items()}
       records.append(dict(shape=f"[{batch}, {size}, {size}, {channel_count}] -> {out}x{out}",
                           mode=mode, plain_ms=seconds["plain"] * 1e3,
                           antialiased_ms=seconds["antialiased"] * 1e3,
-                          cost=seconds["antialiased"] / seconds["plain"]))
+                          cost=seconds["antialiased"] / seconds["plain"],
+                          plain_page_faults=faults["plain"],
+                          antialiased_page_faults=faults["antialiased"]))
   return records
+
+
+def page_faults_per_call(run, calls=5):
+  """Minor page faults per call after the timing (where `resource` exists): the C
+  library's allocator may map a program's temporaries afresh on every call, whose first
+  touches then cost system time that the sampler's arithmetic does not."""
+  if resource is None:
+    return None
+  run()
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  for _ in range(calls):
+    run()
+  return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
 
 
 def tables(env, error_records, cost_records):
@@ -133,10 +155,13 @@ def tables(env, error_records, cost_records):
     lines.append(f"| {r['case']} | {r['out_shape'][0]}x{r['out_shape'][1]} | "
                  f"{r['plain_rms']:.4f} | {r['antialiased_rms']:.4f} | {r['ratio']:.3f} | "
                  f"{bound} |")
-  lines += ["", "| shape | mode | plain | antialiased | cost |", "|---|---|---|---|---|"]
+  lines += ["", "| shape | mode | plain | antialiased | cost | page faults per call |",
+            "|---|---|---|---|---|---|"]
   for r in cost_records:
+    faults = ("-" if r["plain_page_faults"] is None else
+              f"{r['plain_page_faults']:.0f} / {r['antialiased_page_faults']:.0f}")
     lines.append(f"| {r['shape']} | {r['mode']} | {r['plain_ms']:.3f} ms | "
-                 f"{r['antialiased_ms']:.3f} ms | {r['cost']:.2f}x |")
+                 f"{r['antialiased_ms']:.3f} ms | {r['cost']:.2f}x | {faults} |")
   return "\n".join(lines)
 
 
