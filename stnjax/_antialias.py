@@ -29,7 +29,8 @@ its short side.
 The coarser levels are laid out in one image (an atlas, `stnjax._pyramid`, whose
 transpose is written out), stacked, each with a ring of zeros, so that one bilinear read
 with the clamped coordinates of any level sees exactly that level with zero padding,
-and every corner it reads is inside the flattened atlas (so the reads check no bounds).
+and every corner it reads is inside the flattened atlas (so the reads check no bounds,
+for atlases under 2**24 rows and columns, where float32 coordinates place it exactly).
 Each point then needs two reads: the image and level 1, or two neighbouring coarser
 levels. All points make the same three (the image, and two of
 the atlas); the image read is skipped where no point of the batch needs it (every
@@ -52,6 +53,8 @@ from stnjax import _corners
 from stnjax import _interpolation
 from stnjax import _pyramid
 
+# float32 holds every integer up to this exactly.
+_EXACT_FLOAT32_INTEGERS = 2**24
 # The [1, 3, 3, 1] / 8 filter's variance, in pixels of the finer level.
 _FILTER_VARIANCE = 0.75
 # A read is plain bilinear where the squared stretch is at most this: exactly 1 would
@@ -307,10 +310,14 @@ def read(images, coords, padding_mode, align_corners, implementation, jacobian=N
     return jax.lax.cond(needed, lambda: _interpolation.bilinear(
         array, points(), implementation, unchecked), zeros)
 
+  # Every corner of an atlas read is inside the atlas where float32 places points
+  # exactly in it (`_pyramid.level_table`); beyond, the reads check bounds.
+  unchecked = max(_pyramid.atlas_shape(images.shape)[1:3]) < _EXACT_FLOAT32_INTEGERS
+
   def coarse():
     atlas = _pyramid.atlas(images, padding_mode)
-    return [_interpolation.bilinear(atlas, per_point[0:2], implementation, unchecked=True),
-            read_if(second_needed, atlas, lambda: per_point[2:4], unchecked=True)]
+    return [_interpolation.bilinear(atlas, per_point[0:2], implementation, unchecked),
+            read_if(second_needed, atlas, lambda: per_point[2:4], unchecked)]
 
   on_image_read = read_if(image_needed, images, lambda: where_used(on_image_used, padded))
   first_read, second_read = jax.lax.cond(coarse_needed, coarse, lambda: [zeros(), zeros()])

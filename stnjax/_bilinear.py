@@ -162,7 +162,9 @@ def _image_gradient_on_cpu(cotangent, *coords, spatial, implementation, unchecke
 
 def _image_gradient_cpu_lowering(ctx, cotangent, *coords, spatial, implementation,
                                  unchecked):
-  if implementation == "cpu_kernel" and len(coords) == 2:  # It checks bounds regardless.
+  # The kernel checks each axis's bounds even when unchecked: a corner that would wrap to
+  # the next row is dropped (the atlas's, whose cotangent its transpose discards anyway).
+  if implementation == "cpu_kernel" and len(coords) == 2:
     # The kernel takes (x, y, cotangent); ffi_lowering reads the operands' types from ctx.
     kernel_ctx = ctx.replace(avals_in=(ctx.avals_in[1], ctx.avals_in[2], ctx.avals_in[0]))
     return jax.ffi.ffi_lowering(_cpu_kernel.TARGET)(kernel_ctx, *coords, cotangent)

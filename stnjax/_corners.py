@@ -46,9 +46,9 @@ def corners(coords, spatial, unchecked=False):
 
   Returns:
     `(corners, fractions)`: corners is a list of `(row_index, inside)` (indices always
-    valid, `inside` False where the corner is off the image or the point is NaN, None
-    when unchecked); fractions are the fractional parts of the coordinates, in the
-    order of `coords`.
+    valid, or promised to be when unchecked; `inside` False where the corner is off the
+    image or the point is NaN, None when unchecked); fractions are the fractional parts
+    of the coordinates, in the order of `coords`.
   """
   floors = [jnp.floor(c) for c in coords]
   batch = coords[0].shape[0]

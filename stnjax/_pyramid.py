@@ -3,7 +3,8 @@
 Each level is half the size of the one below, filtered with `[1, 3, 3, 1] / 8` along each
 axis (`_halve_axis`); the coarser levels (all but the image itself) are stacked in one
 image, each in a ring of zeros, with room enough that every corner of a bilinear read
-anywhere on a level or on its ring lies inside the flattened atlas (`level_table`).
+anywhere on a level or on its ring lies inside the flattened atlas (`level_table`; below
+2**24 rows and columns, where float32 places it exactly).
 
 The atlas is linear in the image. `atlas_p` builds it and `atlas_transpose_p` is its
 transpose, written out (`_expand_axis`): plain autodiff of the filters' strided slices and
@@ -120,8 +121,9 @@ def level_table(height: int, width: int) -> np.ndarray:
   follow each level (three the last), and a zero column is on either side of level 1
   (the widest). A bilinear read anywhere on a level or its ring of zeros then reads only
   that level and zeros, at indices inside the flattened atlas: a corner one column right
-  of the ring is the next row's first pixel (zero; the last level's lowest such corners
-  are in the third row after it)."""
+  of level 1's ring (or of any level as wide) is the next row's first pixel (zero; for
+  the last level, in the third row after it). With float32 coordinates this holds while
+  the atlas's place arithmetic is exact, for atlases under 2**24 rows and columns."""
   sizes = level_sizes(height, width)[1:]
   rows = 1 + np.cumsum([0] + [h + 2 for h, _ in sizes[:-1]])
   return np.asarray([(row, h, w) for row, (h, w) in zip(rows, sizes)], np.int64)

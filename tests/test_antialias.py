@@ -243,11 +243,13 @@ def test_the_target_reaches_level_one_before_a_short_side_of_3_2_pixels(monkeypa
     (0.25, 30, 0, 2), (0.5, 0, 1, 1), (1.0, 30, 1, 0)])
 def test_which_reads_run(scale, degrees, image_reads, atlas_reads, monkeypatch):
   """Shrunk 4x, no point reads the image, only two levels of the pyramid; shrunk 2x
-  along the axes, the image and level 1; not shrunk, the image alone."""
+  along the axes, the image and level 1; not shrunk, the image alone. The atlas reads
+  check no bounds, the image read does."""
   widths = []
   bilinear = _interpolation.bilinear
 
   def counted(array, coords, implementation, unchecked=False):
+    assert unchecked == (array.shape[2] != 64)
     jax.debug.callback(lambda: widths.append(array.shape[2]))
     return bilinear(array, coords, implementation, unchecked)
 
@@ -283,9 +285,12 @@ def test_pyramid_levels_and_atlas_layout():
     assert block.shape[1:3] == _pyramid.level_sizes(5, 9)[level]
     assert np.abs(block).min() > 0
     outside[row:row + height, column:column + width] = False
-    # Every level has a ring of zeros one pixel wide, and a second zero row below it.
-    assert row >= 1 and column >= 1
-    assert row + height + 2 <= atlas.shape[1] and column + width + 1 <= atlas.shape[2]
+    assert row >= 1 and column >= 1 and column + width + 1 <= atlas.shape[2]
+  # Every level has a ring of zeros one pixel wide, two zero rows below it (three below
+  # the last), and nothing but zeros around it.
+  rows, heights = table[:, 0], table[:, 1]
+  np.testing.assert_array_equal(rows[1:], rows[:-1] + heights[:-1] + 2)
+  assert atlas.shape[1] == rows[-1] + heights[-1] + 3
   assert np.abs(atlas[:, outside]).max() == 0
   # Level 1 is the [1, 3, 3, 1] / 8 filter of the zero-padded image, every second pixel.
   taps = np.array([1, 3, 3, 1]) / 8

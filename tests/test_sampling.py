@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
+from jax.extend.core import jaxprs_in_params
 
 import stnjax
 from stnjax import sampling
@@ -445,7 +446,7 @@ def test_unchecked_reads_equal_checked_ones_with_every_derivative(spatial, chann
   # gradient's CPU chunks and vmap must not change.
   from stnjax import _interpolation
   from jax.test_util import check_grads
-  batch, points = 3, 40
+  batch, points = 4, 40  # An even batch: the CPU's coordinate pieces run in two halves.
   rng = np.random.default_rng(0)
   images = random_image((batch,) + spatial + (channels,))
   coords = tuple(jnp.asarray(rng.uniform(0, size - 1.001, (batch, points)), jnp.float32)
@@ -470,3 +471,29 @@ def test_unchecked_reads_equal_checked_ones_with_every_derivative(spatial, chann
   mapped = jax.vmap(unchecked)(*(jnp.stack([a, a]) for a in (images, *coords)))
   np.testing.assert_allclose(mapped[1], checked(images, *coords), rtol=1e-6, atol=1e-7)
   check_grads(unchecked, (images, *coords), order=2, modes=("fwd", "rev"), eps=1e-3)
+  # Every primitive that derivatives and batching bind keeps the option.
+  args = (images, *coords)
+  for jaxpr in (jax.make_jaxpr(jax.grad(loss(unchecked), argnums))(*args),
+                jax.make_jaxpr(lambda: hessian_vector(unchecked))(),
+                jax.make_jaxpr(jax.vmap(jax.grad(loss(unchecked), argnums)))(
+                    *(jnp.stack([a, a]) for a in args))):
+    bound = bilinear_equations(jaxpr.jaxpr)
+    assert len(bound) >= 3 and all(e.params["unchecked"] for e in bound)
+  # Unchecked, a corner one column right of the image is the next row's first pixel.
+  x = jnp.full((batch, 1), spatial[-1] - 0.5, jnp.float32)
+  others = [jnp.zeros((batch, 1), jnp.float32)] * (len(spatial) - 1)
+  np.testing.assert_allclose(
+      _interpolation.bilinear(images, (x, *others), "xla", True)[:, 0],
+      (images[(slice(None),) + (0,) * (len(spatial) - 1) + (-1,)]
+       + images[(slice(None),) + (0,) * (len(spatial) - 2) + (1, 0)]) / 2, rtol=1e-6)
+
+
+def bilinear_equations(jaxpr):
+  """The equations binding stnjax's bilinear primitives in jaxpr and its sub-jaxprs."""
+  found = []
+  for equation in jaxpr.eqns:
+    if equation.primitive.name.startswith("stnjax_bilinear"):
+      found.append(equation)
+    for sub in jaxprs_in_params(equation.params):
+      found += bilinear_equations(sub)
+  return found
