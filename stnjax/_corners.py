@@ -129,12 +129,10 @@ def gather(rows, found, corner_weights, select=False):
   """
   out = 0.0
   for (index, inside), weight in zip(found, corner_weights):
-    if inside is None:
-      out = out + weight[..., None] * take_rows(rows, index)
-    elif select:
+    if select and inside is not None:
       out = out + jnp.where(inside[..., None], weight[..., None] * take_rows(rows, index), 0.0)
     else:
-      out = out + jnp.where(inside, weight, 0.0)[..., None] * take_rows(rows, index)
+      out = out + _where_inside(inside, weight)[..., None] * take_rows(rows, index)
   return out
 
 
