@@ -17,6 +17,10 @@ HEAD_LAYOUTS = ("stack", "concat")
 class TransformOutput(NamedTuple):
   """The transform a spatial transformer applied, for visualization and losses.
 
+  `stnjax.linen.SpatialTransformer` and `stnjax.nnx.SpatialTransformer` return it
+  beside their output when called with `return_transform=True`. Arrays are in the
+  regression layer's dtype (float32 by default).
+
   Attributes:
     params: `[B, P]` (or `[B, K, P]` with K heads) parameters of the family; with
       N > 1 iterations, each step's `[B, N, P]`, of which theta is the composition.

@@ -64,13 +64,22 @@ def warp_flow(image: jax.Array, flow: jax.Array, *, method: str = "bilinear",
     fill_value, implementation: as in `stnjax.grid_sample`.
 
   Returns:
-    `[*batch, ..., H, W, C]` (or `[*batch, ..., D, H, W, C]`) in the image's dtype.
+    `[*batch, ..., H, W, C]` (or `[*batch, ..., D, H, W, C]`) in the image's dtype
+    (float32 for integer images).
 
-  >>> import jax.numpy as jnp
-  >>> image = jnp.arange(4.0).reshape(1, 4, 1)
-  >>> flow = jnp.zeros((1, 4, 2)).at[..., 0].set(1.0)  # Each pixel reads its right neighbour.
-  >>> warp_flow(image, flow)[..., 0].tolist()
-  [[1.0, 2.0, 3.0, 0.0]]
+  Raises:
+    TypeError: `image` or `flow` is not an array, `flow` is not floating, or `image` is
+      neither float nor integer.
+    ValueError: `flow` is not `[..., H, W, 2]` or `[..., D, H, W, 3]` with the image's
+      spatial shape and batch dims, or an option is unknown or does not apply (as in
+      `stnjax.grid_sample`).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> image = jnp.arange(4.0).reshape(1, 4, 1)
+    >>> flow = jnp.zeros((1, 4, 2)).at[..., 0].set(1.0)  # Each pixel reads its right neighbour.
+    >>> warp_flow(image, flow)[..., 0].tolist()
+    [[1.0, 2.0, 3.0, 0.0]]
   """
   return sampling.warp_with(FLOW, flow, image, method=method, padding_mode=padding_mode,
                             align_corners=align_corners, implementation=implementation,
@@ -96,6 +105,17 @@ def integrate_velocity(velocity: jax.Array, num_steps: int = 7, *,
 
   Returns:
     The displacement, the velocity's shape and float dtype, for `warp_flow`.
+
+  Raises:
+    TypeError: `velocity` is not a floating array, or `num_steps` is not an int.
+    ValueError: `velocity` is not `[..., H, W, 2]` or `[..., D, H, W, 3]`, `num_steps`
+      is negative, or `padding_mode` is neither `"zeros"` nor `"border"`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> velocity = jnp.full((3, 4, 2), 0.5)  # A uniform field: the flow is a shift.
+    >>> bool((integrate_velocity(velocity, padding_mode="border") == velocity).all())
+    True
   """
   _check_flow(velocity)
   try:

@@ -1,7 +1,7 @@
-"""Transform constructors: rotations, homographies from point pairs, inverses, compositions,
-box crops.
+"""Transform constructors: rotations, homographies, inverses, compositions and box crops.
 
 The helpers that OpenCV and kornia provide and that users otherwise write by hand.
+
 Coordinates follow `stnjax.grid`:
   * Pixel coordinates put the centre of pixel `(row, col)` at `(x, y) = (col, row)`,
     as OpenCV does, so an image of shape `(H, W)` spans `-0.5 .. W - 0.5` in x and its
@@ -97,8 +97,13 @@ def rotation_matrix(centre: jax.Array, angle, scale=1.0) -> jax.Array:
   Returns:
     float32 `[..., 2, 3]`, the leading dims broadcast from the three arguments.
 
-  >>> rotation_matrix(jnp.array([2.0, 1.0]), 90.0).tolist()
-  [[0.0, 1.0, 1.0], [-1.0, 0.0, 3.0]]
+  Raises:
+    TypeError: an argument is not a float or integer number or array.
+    ValueError: `centre` is not `[..., 2]`, or the batch dims do not broadcast.
+
+  Example:
+    >>> rotation_matrix(jnp.array([2.0, 1.0]), 90.0).tolist()
+    [[0.0, 1.0, 1.0], [-1.0, 0.0, 3.0]]
   """
   centre = _as_float32(centre, "centre", "[..., 2]")
   angle = _as_float32(angle, "angle", "(degrees)")
@@ -140,9 +145,15 @@ def perspective_matrix(source_points: jax.Array, target_points: jax.Array) -> ja
     float32 `[..., 3, 3]` pixel matrix mapping source points to target points (pass
     it to `stnjax.theta_from_pixel_matrix` to warp an image with it).
 
-  >>> square = jnp.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
-  >>> perspective_matrix(square, 2 * square + 1).round(5).tolist()
-  [[2.0, 0.0, 1.0], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0]]
+  Raises:
+    TypeError: the points are not a float or integer array.
+    ValueError: the points are not `[..., 4, 2]`, or their batch dims do not
+      broadcast.
+
+  Example:
+    >>> square = jnp.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    >>> perspective_matrix(square, 2 * square + 1).round(5).tolist()
+    [[2.0, 0.0, 1.0], [0.0, 2.0, 1.0], [0.0, 0.0, 1.0]]
   """
   source = _as_float32(source_points, "source_points", "[..., 4, 2]")
   target = _as_float32(target_points, "target_points", "[..., 4, 2]")
@@ -190,8 +201,13 @@ def invert_theta(theta: jax.Array) -> jax.Array:
     for the identity); a projective one is the plain matrix inverse, not rescaled so that
     its `[2, 2]` entry is 1 (`sample` divides by the third row, so scale is immaterial).
 
-  >>> invert_theta(jnp.array([[2.0, 0.0, 1.0], [0.0, 0.5, 0.0]])).tolist()
-  [[0.5, 0.0, -0.5], [0.0, 2.0, 0.0]]
+  Raises:
+    TypeError: `theta` is not a float or integer array.
+    ValueError: `theta` is not one of the four matrix shapes.
+
+  Example:
+    >>> invert_theta(jnp.array([[2.0, 0.0, 1.0], [0.0, 0.5, 0.0]])).tolist()
+    [[0.5, 0.0, -0.5], [0.0, 2.0, 0.0]]
   """
   theta = _as_float32(theta, "theta", "[..., 2, 3] or [..., 3, 3], [..., 3, 4] or [..., 4, 4]")
   _validation.check_theta(theta)
@@ -214,7 +230,9 @@ def _invert_theta(theta):
 
 
 def compose_theta(first: jax.Array, then: jax.Array) -> jax.Array:
-  """Two warps as one: `sample(compose_theta(first, then), image)` samples what
+  """Two warps as one: the theta that warps with `first`, then with `then`.
+
+  `sample(compose_theta(first, then), image)` samples what
   `sample(then, sample(first, image))` does, interpolating the image once, not twice.
 
   theta pulls (output to input coordinates), so the composition is the matrix product
@@ -229,13 +247,19 @@ def compose_theta(first: jax.Array, then: jax.Array) -> jax.Array:
       the two broadcast.
 
   Returns:
-    float32 `[..., 2, 3]` (volumes: `[..., 3, 4]`) when both are affine, else the
+    float32 `[..., 2, 3]` (for volumes `[..., 3, 4]`) when both are affine, else the
     projective `[..., 3, 3]` (`[..., 4, 4]`). The identity on either side returns the
     other exactly.
 
-  >>> compose_theta(jnp.array([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
-  ...               jnp.array([[1.0, 0.0, 0.5], [0.0, 3.0, 0.0]])).tolist()
-  [[2.0, 0.0, 2.0], [0.0, 3.0, 0.0]]
+  Raises:
+    TypeError: `first` or `then` is not a float or integer array.
+    ValueError: either is not one of the four matrix shapes, one transforms images and
+      the other volumes, or their batch dims do not broadcast.
+
+  Example:
+    >>> compose_theta(jnp.array([[2.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
+    ...               jnp.array([[1.0, 0.0, 0.5], [0.0, 3.0, 0.0]])).tolist()
+    [[2.0, 0.0, 2.0], [0.0, 3.0, 0.0]]
   """
   layout = _validation.THETA_SHAPES
   first = _as_float32(first, "first", layout)
@@ -271,14 +295,16 @@ def theta_from_boxes(boxes: jax.Array, in_shape, *, align_corners: bool = False)
   `(0, 0, W, H)` is the whole image. (In stnjax's pixel-centre coordinates that box
   spans `-0.5 .. W - 0.5`; a box's edge coordinates are its centre coordinates plus
   0.5.)
-    * `align_corners=False`: the output pixels' squares tile the box and each reads
-      its square's centre, as torchvision's `roi_align(..., sampling_ratio=1,
-      aligned=True)` does inside the image. The whole-image box gives the identity,
-      and a box with integer edges sampled at its own size gives the exact crop.
-    * `align_corners=True`: the centres of the corner output pixels land on the box's
-      corners. TensorFlow's `crop_and_resize` does this with boxes in normalized
-      pixel-centre coordinates: its box `(y1, x1, y2, x2)` is the edge box
-      `(x1 * (W - 1) + 0.5, y1 * (H - 1) + 0.5, x2 * (W - 1) + 0.5, y2 * (H - 1) + 0.5)`.
+
+  * `align_corners=False`: the output pixels' squares tile the box and each reads
+    its square's centre, as torchvision's `roi_align(..., sampling_ratio=1,
+    aligned=True)` does inside the image. The whole-image box gives the identity,
+    and a box with integer edges sampled at its own size gives the exact crop.
+  * `align_corners=True`: the centres of the corner output pixels land on the box's
+    corners. TensorFlow's `crop_and_resize` does this with boxes in normalized
+    pixel-centre coordinates: its box `(y1, x1, y2, x2)` is the edge box
+    `(x1 * (W - 1) + 0.5, y1 * (H - 1) + 0.5, x2 * (W - 1) + 0.5, y2 * (H - 1) + 0.5)`.
+
   A box with `x_max < x_min` (or `y_max < y_min`) flips the crop left-right (up-down).
 
   Args:
@@ -289,10 +315,16 @@ def theta_from_boxes(boxes: jax.Array, in_shape, *, align_corners: bool = False)
   Returns:
     float32 `[..., 2, 3]` theta, one per box.
 
-  >>> theta_from_boxes(jnp.array([0.0, 0.0, 7.0, 5.0]), (5, 7)).tolist()
-  [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
-  >>> theta_from_boxes(jnp.array([0.0, 0.0, 4.0, 5.0]), (5, 8)).tolist()
-  [[0.5, 0.0, -0.5], [0.0, 1.0, 0.0]]
+  Raises:
+    TypeError: `boxes` is not a float or integer array.
+    ValueError: `boxes` is not `[..., 4]`, or `in_shape` is not `(H, W)` of positive
+      ints.
+
+  Example:
+    >>> theta_from_boxes(jnp.array([0.0, 0.0, 7.0, 5.0]), (5, 7)).tolist()  # The whole image.
+    [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    >>> theta_from_boxes(jnp.array([0.0, 0.0, 4.0, 5.0]), (5, 8)).tolist()  # Its left half.
+    [[0.5, 0.0, -0.5], [0.0, 1.0, 0.0]]
   """
   boxes = _as_float32(boxes, "boxes", "[..., 4]")
   _check_trailing(boxes, "boxes", (4,), "(x_min, y_min, x_max, y_max)")

@@ -164,11 +164,19 @@ def affine_grid(theta: jax.Array, out_shape, *, align_corners: bool = False) -> 
     float32 grid `[..., Ho, Wo, 2]` with last axis `(x, y)`, or `[..., Do, Ho, Wo, 3]`
     with last axis `(x, y, z)`.
 
-  >>> import jax.numpy as jnp
-  >>> affine_grid(jnp.eye(2, 3), (1, 2))[0, :, 0].tolist()
-  [-0.5, 0.5]
-  >>> affine_grid(jnp.eye(3, 4), (2, 1, 1))[:, 0, 0, 2].tolist()
-  [-0.5, 0.5]
+  Raises:
+    TypeError: `theta` is not an array, or not floating.
+    ValueError: `theta` is not one of the four matrix shapes, or `out_shape` is not
+      `(Ho, Wo)` (`(Do, Ho, Wo)` for a 3-D theta) of positive ints.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> affine_grid(jnp.eye(2, 3), (1, 2))[0, :, 0].tolist()  # x of the two pixel centres
+    [-0.5, 0.5]
+    >>> affine_grid(jnp.eye(2, 3), (1, 2), align_corners=True)[0, :, 0].tolist()
+    [-1.0, 1.0]
+    >>> affine_grid(jnp.eye(3, 4), (2, 1, 1))[:, 0, 0, 2].tolist()  # z of two slices
+    [-0.5, 0.5]
   """
   dims = _validation.check_theta(theta)
   out_shape = _validation.check_size(out_shape, "out_shape", dims)
@@ -185,11 +193,31 @@ def _check_coords(coords, shape):
 
 
 def normalized_to_pixel(coords: jax.Array, shape, *, align_corners: bool = False) -> jax.Array:
-  """Normalized coordinates `[..., 2]` `(x, y)` or `[..., 3]` `(x, y, z)` to pixel
-  coordinates in an image of `shape` `(H, W)` or `(D, H, W)`.
+  """Converts normalized coordinates to pixel coordinates.
 
   Uses PyTorch's formula, `((c + 1) * n - 1) / 2` (or `(c + 1) / 2 * (n - 1)` with
-  `align_corners=True`).
+  `align_corners=True`) along each axis of `n` pixels. The centre of pixel
+  `(row, col)` is at `(x, y) = (col, row)`.
+
+  Args:
+    coords: `[..., 2]` `(x, y)` or `[..., 3]` `(x, y, z)` normalized coordinates.
+    shape: `(H, W)` or `(D, H, W)` of the image, matching the coordinates' length.
+    align_corners: see the module docstring; default False.
+
+  Returns:
+    float32 pixel coordinates of `coords`' shape.
+
+  Raises:
+    ValueError: `shape` is not 2 or 3 positive ints, or `coords`' last axis does not
+      match it.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> corners = jnp.array([[-1.0, -1.0], [1.0, 1.0]])  # top left, bottom right
+    >>> normalized_to_pixel(corners, (4, 8)).tolist()  # The corner pixels' outer edges.
+    [[-0.5, -0.5], [7.5, 3.5]]
+    >>> normalized_to_pixel(corners, (4, 8), align_corners=True).tolist()  # Their centres.
+    [[0.0, 0.0], [7.0, 3.0]]
   """
   coords, sizes = _check_coords(coords, shape)
   return jnp.stack([unnormalize(coords[..., axis], n, align_corners)
@@ -197,8 +225,26 @@ def normalized_to_pixel(coords: jax.Array, shape, *, align_corners: bool = False
 
 
 def pixel_to_normalized(coords: jax.Array, shape, *, align_corners: bool = False) -> jax.Array:
-  """Pixel coordinates `[..., 2]` or `[..., 3]` in an image of `shape` `(H, W)` or
-  `(D, H, W)` to normalized ones."""
+  """Converts pixel coordinates to normalized coordinates: `normalized_to_pixel`'s inverse.
+
+  Args:
+    coords: `[..., 2]` `(x, y)` or `[..., 3]` `(x, y, z)` pixel coordinates; the
+      centre of pixel `(row, col)` is at `(x, y) = (col, row)`.
+    shape: `(H, W)` or `(D, H, W)` of the image, matching the coordinates' length.
+    align_corners: see the module docstring; default False.
+
+  Returns:
+    float32 normalized coordinates of `coords`' shape.
+
+  Raises:
+    ValueError: `shape` is not 2 or 3 positive ints, or `coords`' last axis does not
+      match it.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> pixel_to_normalized(jnp.array([[-0.5, -0.5], [7.5, 3.5]]), (4, 8)).tolist()
+    [[-1.0, -1.0], [1.0, 1.0]]
+  """
   coords, sizes = _check_coords(coords, shape)
   centre = np.array([(n - 1) / 2 for n in sizes], np.float32)
   scale = np.array([units_per_pixel(n, align_corners) for n in sizes], np.float32)
@@ -271,6 +317,21 @@ def theta_from_pixel_matrix(matrix: jax.Array, in_shape, out_shape=None, *,
 
   Returns:
     float32 theta of the same shape as `matrix`.
+
+  Raises:
+    ValueError: `matrix` is not `[..., 2, 3]` or `[..., 3, 3]`, or a shape is not
+      `(H, W)` of positive ints.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import stnjax
+    >>> shift = jnp.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]])  # Moves content 2 px right.
+    >>> theta = theta_from_pixel_matrix(shift, (1, 8))
+    >>> theta.tolist()
+    [[1.0, 0.0, -0.5], [0.0, 1.0, 0.0]]
+    >>> image = jnp.arange(8.0).reshape(1, 8, 1)
+    >>> stnjax.sample(theta, image)[..., 0].tolist()
+    [[0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0]]
   """
   in_shape = _validation.check_size(in_shape, "in_shape")
   out_shape = in_shape if out_shape is None else _validation.check_size(out_shape, "out_shape")
@@ -287,8 +348,28 @@ def pixel_matrix_from_theta(theta: jax.Array, in_shape, out_shape=None, *,
                             align_corners: bool = False, inverse_map: bool = False) -> jax.Array:
   """The inverse of `theta_from_pixel_matrix`: theta as a pixel-space matrix.
 
-  Returns a matrix mapping input pixels to output pixels (or, with
-  `inverse_map=True`, output pixels to input pixels), of theta's shape.
+  Args:
+    theta: `[..., 2, 3]` affine or `[..., 3, 3]` projective 2-D theta, floating.
+    in_shape: `(H, W)` of the input image.
+    out_shape: `(Ho, Wo)` of the output; defaults to `in_shape`.
+    align_corners: the value passed to `sample`.
+    inverse_map: return the matrix that maps output pixels to input pixels (OpenCV's
+      `WARP_INVERSE_MAP`) instead of input pixels to output pixels.
+
+  Returns:
+    float32 pixel matrix of theta's shape, mapping input pixels to output pixels (or,
+    with `inverse_map=True`, output pixels to input pixels).
+
+  Raises:
+    TypeError: `theta` is not an array, or not floating.
+    ValueError: `theta` is not a 2-D theta, or a shape is not `(H, W)` of positive
+      ints.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> theta = jnp.array([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]])  # Reads 0.5 units right.
+    >>> pixel_matrix_from_theta(theta, (4, 8)).tolist()  # Content moves 2 pixels left.
+    [[1.0, 0.0, -2.0], [0.0, 1.0, 0.0]]
   """
   in_shape = _validation.check_size(in_shape, "in_shape")
   out_shape = in_shape if out_shape is None else _validation.check_size(out_shape, "out_shape")

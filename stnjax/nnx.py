@@ -1,5 +1,7 @@
 """Flax NNX spatial transformer and localization-net presets: twins of `stnjax.linen`.
 
+::
+
     stn = stnjax.nnx.SpatialTransformer((28, 28, 1), transform="affine", rngs=nnx.Rngs(0))
     y = stn(x)  # x: [B, 28, 28, 1]
 
@@ -19,9 +21,30 @@ from stnjax import transforms
 
 
 class Localization(nnx.Module):
-  """A localization net from a layer spec (see `stnjax._layers`): `[B, H, W, C] -> [B, F]`.
+  """A localization net from a layer spec: `[B, H, W, C] -> [B, F]`.
 
-  Attributes after construction: `num_features`, the length F of the output.
+  The spec is as in `stnjax.linen.Localization`; the parameters (`conv_0, ...,
+  dense_0, ...`) have the Linen twin's names and layouts.
+
+  Args:
+    input_shape: `(H, W, C)` of the inputs; calls with another shape raise.
+    layers: the layer spec; defaults to `TutorialLocalization`'s.
+    padding: `"VALID"` (default) or `"SAME"`, for the convolutions and pools.
+    rngs: for parameter initialization.
+
+  Attributes:
+    num_features: the length F of the output.
+
+  Raises:
+    ValueError: at construction, for a padding other than "VALID" or "SAME", an
+      unknown layer kind, or (with "VALID") an input too small for the spec; when
+      called, for an input that is not `[B, *input_shape]`.
+
+  Example:
+    >>> net = Localization((5, 5, 1), layers=(("conv", 4, 3), ("relu",), ("flatten",),
+    ...                                       ("dense", 6)), rngs=nnx.Rngs(0))
+    >>> net.num_features, net(jnp.ones((2, 5, 5, 1))).shape
+    (6, (2, 6))
   """
 
   def __init__(self, input_shape, *, layers=_layers.TUTORIAL, padding="VALID",
@@ -66,39 +89,71 @@ class Localization(nnx.Module):
 
 
 class TutorialLocalization(Localization):
-  """PyTorch's STN tutorial net; see `stnjax.linen.TutorialLocalization`."""
+  """PyTorch's STN tutorial net (32 features); see `stnjax.linen.TutorialLocalization`."""
 
   def __init__(self, input_shape, *, padding="VALID", rngs: nnx.Rngs):
     super().__init__(input_shape, layers=_layers.TUTORIAL, padding=padding, rngs=rngs)
 
 
 class PaperMnistLocalization(Localization):
-  """The paper's distorted-MNIST net; see `stnjax.linen.PaperMnistLocalization`."""
+  """The paper's distorted-MNIST net (20 features); see `stnjax.linen.PaperMnistLocalization`."""
 
   def __init__(self, input_shape, *, padding="VALID", rngs: nnx.Rngs):
     super().__init__(input_shape, layers=_layers.PAPER_MNIST, padding=padding, rngs=rngs)
 
 
 class IdsiaLocalization(Localization):
-  """The IDSIA-like GTSRB net; see `stnjax.linen.IdsiaLocalization`."""
+  """The IDSIA-like GTSRB net (100 features); see `stnjax.linen.IdsiaLocalization`."""
 
   def __init__(self, input_shape, *, padding="SAME", rngs: nnx.Rngs):
     super().__init__(input_shape, layers=_layers.IDSIA, padding=padding, rngs=rngs)
 
 
 class SpatialTransformer(nnx.Module):
-  """Localization net + regression to a transform family + sampling (NNX).
+  """Localization net + regression to a transform family + sampling (Flax NNX).
+
+  The twin of `stnjax.linen.SpatialTransformer`: the same options, parameter names
+  (`localization`, `regression`) and outputs. Call with `x` `[B, H, W, C]`; it
+  returns the warped `[B, Ho, Wo, C]` (with K > 1 heads, as `heads` says), and with
+  `return_transform=True` also the `stnjax.TransformOutput` (params, theta or TPS grid)
+  from the same forward pass. At initialization it returns its input exactly.
 
   Args:
     input_shape: `(H, W, C)` of the inputs.
     localization: any NNX module `[B, H, W, C] -> [B, ...]`; defaults to
       `TutorialLocalization(input_shape, padding="SAME")`.
-    transform, out_shape, num_heads, heads, method, padding_mode, align_corners,
-      implementation, antialias, iterations: as in `stnjax.SpatialTransformer` (Linen).
+    transform: a 2-D family name or a `stnjax.transforms.Transform`; default "affine".
+    out_shape: `(Ho, Wo)` of the output; defaults to the input's.
+    num_heads: K transformers sharing one localization net; default 1.
+    heads: with K > 1, "stack" (default) gives `[B, K, Ho, Wo, C]`, "concat"
+      `[B, Ho, Wo, K * C]`.
+    method: the sampler's interpolation, as in `stnjax.sample`; default "bilinear".
+    padding_mode: what reads beyond the input see, as in `stnjax.sample`; default
+      "zeros".
+    align_corners: as in `stnjax.sample`; default False.
+    implementation: "xla" (default) or "cpu_kernel", as in `stnjax.sample`.
+    antialias: filter where the transform shrinks the input, as in `stnjax.sample`;
+      default False.
+    iterations: N > 1 refines the transform N - 1 times (the inverse compositional
+      STN), as in `stnjax.linen.SpatialTransformer`; default 1.
     rngs: for parameter initialization.
 
-  Call with `x` `[B, H, W, C]`; `return_transform=True` also returns the
-  `TransformOutput` (params, theta or TPS grid) from the same forward pass.
+  Raises:
+    ValueError: at construction, for an unknown family name, a volume family or an
+      invalid option (as in the Linen module); when called, for an input that is not
+      `[B, H, W, C]`.
+    TypeError: at construction, for a `transform` that is neither a name nor a
+      `Transform`, or an `antialias` that is not a bool.
+
+  Example:
+    >>> stn = SpatialTransformer((12, 12, 1), transform="scale_translation",
+    ...                          rngs=nnx.Rngs(0))
+    >>> x = jnp.ones((2, 12, 12, 1))
+    >>> y, info = stn(x, return_transform=True)
+    >>> y.shape, info.params.shape, info.theta.shape
+    ((2, 12, 12, 1), (2, 3), (2, 2, 3))
+    >>> bool((y == x).all())  # At initialization, the identity.
+    True
   """
 
   def __init__(self, input_shape, *, localization: Optional[nnx.Module] = None,

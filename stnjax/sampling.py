@@ -161,7 +161,15 @@ def has_cpu_kernel() -> bool:
   """Whether stnjax's compiled CPU kernel for the bilinear image gradient is built.
 
   `pip install` compiles it when a C++ compiler is present. It runs only where asked
-  for, with `implementation="cpu_kernel"`.
+  for, with `implementation="cpu_kernel"` in `sample`, `grid_sample`, `warp_flow`,
+  `stnjax.transforms.warp` or the modules; where it is not built, those raise a
+  `ValueError` that says how to build it.
+
+  Returns:
+    True if the kernel is built and registered with XLA, else False.
+
+  Example:
+    >>> implementation = "cpu_kernel" if has_cpu_kernel() else "xla"
   """
   return _cpu_kernel.AVAILABLE
 
@@ -200,14 +208,34 @@ def grid_sample(image: jax.Array, grid: jax.Array, *, method: str = "bilinear",
       pass and the other methods do not depend on it.
     antialias: with `method="bilinear"` on 2-D images, where the grid shrinks the image
       each output pixel reads a prefiltered pyramid at the scale of its footprint,
-      which approximates the average of the input over it (see the README); where it
-      does not shrink, the result is plain bilinear sampling exactly. The footprint is
-      taken from differences between neighbouring grid points. Not with
-      `padding_mode="constant"`.
+      which approximates the average of the input over it (the user guide's
+      antialiasing page says how); where it does not shrink, the result is plain
+      bilinear sampling exactly. The footprint is taken from differences between
+      neighbouring grid points. Not with `padding_mode="constant"`.
 
   Returns:
     `[*batch, ..., Ho, Wo, C]` (or `[*batch, ..., Do, Ho, Wo, C]`) in the image's dtype
     (float32 for integer images).
+
+  Raises:
+    TypeError: `image` or `grid` is not an array, `grid` is not floating, `image` is
+      neither float nor integer, `antialias` is not a bool, or `fill_value` is not
+      numeric.
+    ValueError: a shape does not fit (`grid` not `[..., 2]` or `[..., 3]`, an image of
+      too low a rank, a `grid` that does not start with the image's batch dims, a
+      `fill_value` that is neither a scalar nor `[C]`), an unknown option, or an
+      option that does not apply (`"bicubic"` or `"cpu_kernel"` for volumes,
+      `fill_value` without `padding_mode="constant"`, `antialias=True` with another
+      method, with `"constant"` padding or on volumes, `"cpu_kernel"` where
+      `has_cpu_kernel()` is False).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> image = jnp.arange(4.0).reshape(1, 4, 1)  # One row of four pixels.
+    >>> # (x, y): pixel 0's centre; between pixels 1 and 2; the right edge, half zero padding.
+    >>> grid = jnp.array([[[-0.75, 0.0], [0.0, 0.0], [1.0, 0.0]]])
+    >>> grid_sample(image, grid)[..., 0].tolist()
+    [[0.0, 1.5, 1.5]]
   """
   return warp_with(GRID, grid, image, method=method, padding_mode=padding_mode,
                    align_corners=align_corners, implementation=implementation,
@@ -227,10 +255,14 @@ def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = 
       volume, `[*batch, ..., 3, 4]` or `[*batch, ..., 4, 4]`), any float dtype,
       mapping output to input normalized coordinates. It starts with the image's batch
       dims; extra dims are glimpses of the same image (not copied).
-    image: `[*batch, H, W, C]`, or a volume `[*batch, D, H, W, C]` for a 3-D theta.
-    out_shape: `(Ho, Wo)` (or `(Do, Ho, Wo)`); defaults to the image's.
-    method, padding_mode, align_corners, fill_value, implementation: as in
-      `grid_sample`.
+    image: `[*batch, H, W, C]`, or a volume `[*batch, D, H, W, C]` for a 3-D theta;
+      float or integer.
+    out_shape: `(Ho, Wo)` (or `(Do, Ho, Wo)`), positive ints; defaults to the image's.
+    method: `"bilinear"` (default), `"nearest"` or `"bicubic"`, as in `grid_sample`.
+    padding_mode: `"zeros"` (default), `"border"`, `"reflection"` or `"constant"`,
+      as in `grid_sample`.
+    align_corners: see `stnjax.grid`; default False.
+    fill_value, implementation: as in `grid_sample`.
     antialias: filter where theta shrinks the image, as in `grid_sample`; the
       footprint comes from theta (per image for an affine theta, per pixel for a
       projective one), so it works with traced thetas. Plain bilinear sampling, bit
@@ -242,13 +274,24 @@ def sample(theta: jax.Array, image: jax.Array, out_shape=None, *, method: str = 
     with `[B, 2, 3]` gives `[B, Ho, Wo, C]`; `[B, K, 2, 3]` gives `[B, K, Ho, Wo, C]`;
     a volume `[B, D, H, W, C]` with `[B, 3, 4]` gives `[B, Do, Ho, Wo, C]`.
 
-  >>> import jax.numpy as jnp
-  >>> image = jnp.arange(6.0).reshape(2, 3, 1)
-  >>> bool((sample(jnp.eye(2, 3), image) == image).all())
-  True
-  >>> volume = jnp.arange(24.0).reshape(2, 3, 4, 1)
-  >>> bool((sample(jnp.eye(3, 4), volume) == volume).all())
-  True
+  Raises:
+    TypeError: `theta` or `image` is not an array, `theta` is not floating, `image` is
+      neither float nor integer, or `antialias` is not a bool.
+    ValueError: a shape does not fit (theta not one of the four matrix shapes, a
+      theta that does not start with the image's batch dims, an `out_shape` of the
+      wrong length), or an option is unknown or does not apply, as in `grid_sample`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> image = jnp.arange(6.0).reshape(2, 3, 1)
+    >>> bool((sample(jnp.eye(2, 3), image) == image).all())  # The identity: an exact copy.
+    True
+    >>> zoom = jnp.array([[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]])  # Reads the middle half.
+    >>> sample(zoom, jnp.arange(4.0).reshape(1, 4, 1), (1, 2))[..., 0].tolist()
+    [[1.0, 2.0]]
+    >>> volume = jnp.arange(24.0).reshape(2, 3, 4, 1)
+    >>> bool((sample(jnp.eye(3, 4), volume) == volume).all())
+    True
   """
   return warp_with(THETA, theta, image, out_shape, method=method, padding_mode=padding_mode,
                    align_corners=align_corners, implementation=implementation,

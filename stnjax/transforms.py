@@ -48,7 +48,13 @@ __all__ = [
 
 
 class Transform(NamedTuple):
-  """A transform family.
+  """A transform family: its parameter count, identity and pure functions.
+
+  Get one with `get` (by name) or a factory (`affine`, `tps`, ...); warp with it with
+  `warp`. A Transform is a hashable NamedTuple, so it can be a static argument of
+  `jax.jit` and a field of a Flax module. `theta`, `grid` and `source_pixels` raise a
+  `TypeError` for params that are not a floating array and a `ValueError` for params
+  whose last axis is not `num_params`.
 
   Attributes:
     name: the family's name, as `get` takes it.
@@ -62,6 +68,16 @@ class Transform(NamedTuple):
       input pixel read by each output pixel, each `[..., *out_shape]` (used by `warp`).
     dims: the number of spatial dims it transforms: 2 for images, 3 for volumes (whose
       theta is `[..., 3, 4]` and grid `[..., Do, Ho, Wo, 3]`).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> family = get("translation")
+    >>> family.name, family.num_params, family.identity_params, family.dims
+    ('translation', 2, (0.0, 0.0), 2)
+    >>> family.theta(jnp.array([0.5, -0.25])).tolist()
+    [[1.0, 0.0, 0.5], [0.0, 1.0, -0.25]]
+    >>> family.grid(jnp.zeros((3, 2)), (4, 5)).shape  # A batch of 3: [3, Ho, Wo, 2].
+    (3, 4, 5, 2)
   """
   name: str
   num_params: int
@@ -108,14 +124,24 @@ def _rows(*rows):
 
 @functools.lru_cache(maxsize=None)
 def affine() -> Transform:
-  """General affine: params are theta's 6 entries, row-major."""
+  """General affine: params are theta's 6 entries, row-major.
+
+  Returns:
+    The "affine" `Transform`, with 6 params, identity `(1, 0, 0, 0, 1, 0)`, theta
+    `[..., 2, 3]` in the params' dtype.
+  """
   return _matrix_family("affine", [1, 0, 0, 0, 1, 0],
                         lambda p: p.reshape(p.shape[:-1] + (2, 3)))
 
 
 @functools.lru_cache(maxsize=None)
 def translation() -> Transform:
-  """Translation: params `(tx, ty)` in normalized units."""
+  """Translation: params `(tx, ty)` in normalized units.
+
+  Returns:
+    The "translation" `Transform`, with 2 params, identity `(0, 0)`, theta
+    `[[1, 0, tx], [0, 1, ty]]`.
+  """
   def to_theta(p):
     one, zero = jnp.ones_like(p[..., 0]), jnp.zeros_like(p[..., 0])
     return _rows((one, zero, p[..., 0]), (zero, one, p[..., 1]))
@@ -124,7 +150,19 @@ def translation() -> Transform:
 
 @functools.lru_cache(maxsize=None)
 def scale_translation() -> Transform:
-  """The paper's attention crop: params `(s, tx, ty)`, theta `[[s, 0, tx], [0, s, ty]]`."""
+  """The paper's attention crop: params `(s, tx, ty)`, theta `[[s, 0, tx], [0, s, ty]]`.
+
+  Returns:
+    The "scale_translation" `Transform`, with 3 params, identity `(1, 0, 0)`. A scale
+    `s < 1` zooms in on a glimpse of the input.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> family = scale_translation()
+    >>> image = jnp.arange(8.0).reshape(1, 8, 1)
+    >>> warp(family, jnp.array([0.5, 0.0, 0.0]), image, (1, 4))[..., 0].tolist()
+    [[2.0, 3.0, 4.0, 5.0]]
+  """
   def to_theta(p):
     zero = jnp.zeros_like(p[..., 0])
     return _rows((p[..., 0], zero, p[..., 1]), (zero, p[..., 0], p[..., 2]))
@@ -135,7 +173,13 @@ def scale_translation() -> Transform:
 def similarity() -> Transform:
   """Rotation, isotropic scale and translation: params `(angle, log_scale, tx, ty)`.
 
-  angle in radians; the scale is `exp(log_scale)`, so every vector is valid.
+  angle in radians; the scale is `exp(log_scale)`, so every vector is valid. The
+  rotation is in normalized coordinates, so on a non-square image it does not keep
+  right angles (`stnjax.rotation_matrix` rotates in pixels).
+
+  Returns:
+    The "similarity" `Transform`, with 4 params, identity `(0, 0, 0, 0)`, theta
+    `[[s cos a, -s sin a, tx], [s sin a, s cos a, ty]]`.
   """
   def to_theta(p):
     scale = jnp.exp(p[..., 1])
@@ -146,7 +190,12 @@ def similarity() -> Transform:
 
 @functools.lru_cache(maxsize=None)
 def projective() -> Transform:
-  """Homography: params are the first 8 entries of a `[3, 3]` theta whose last is 1."""
+  """Homography: params are the first 8 entries of a `[3, 3]` theta whose last is 1.
+
+  Returns:
+    The "projective" `Transform`, with 8 params, identity `(1, 0, 0, 0, 1, 0, 0, 0)`, theta
+    `[..., 3, 3]` (the perspective divide follows).
+  """
   def to_theta(p):
     full = jnp.concatenate([p, jnp.ones_like(p[..., :1])], axis=-1)
     return full.reshape(p.shape[:-1] + (3, 3))
@@ -155,7 +204,12 @@ def projective() -> Transform:
 
 @functools.lru_cache(maxsize=None)
 def affine_3d() -> Transform:
-  """General 3-D affine: params are theta's 12 entries (`[3, 4]`), row-major."""
+  """General 3-D affine: params are theta's 12 entries (`[3, 4]`), row-major.
+
+  Returns:
+    The "affine_3d" `Transform` for volumes, with 12 params, identity `eye(3, 4)`
+    flattened, theta `[..., 3, 4]`.
+  """
   return _matrix_family("affine_3d", [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0],
                         lambda p: p.reshape(p.shape[:-1] + (3, 4)), dims=3)
 
@@ -167,7 +221,12 @@ def _volume_theta(linear, shift):
 
 @functools.lru_cache(maxsize=None)
 def translation_3d() -> Transform:
-  """3-D translation: params `(tx, ty, tz)` in normalized units."""
+  """3-D translation: params `(tx, ty, tz)` in normalized units.
+
+  Returns:
+    The "translation_3d" `Transform` for volumes, with 3 params, identity `(0, 0, 0)`,
+    theta `[..., 3, 4]`.
+  """
   def to_theta(p):
     return _volume_theta(jnp.broadcast_to(jnp.eye(3, dtype=p.dtype), p.shape[:-1] + (3, 3)), p)
   return _matrix_family("translation_3d", [0, 0, 0], to_theta, dims=3)
@@ -175,8 +234,12 @@ def translation_3d() -> Transform:
 
 @functools.lru_cache(maxsize=None)
 def scale_translation_3d() -> Transform:
-  """3-D attention crop: params `(s, tx, ty, tz)`, theta `[[s, 0, 0, tx], [0, s, 0, ty],
-  [0, 0, s, tz]]`."""
+  """3-D attention crop: params `(s, tx, ty, tz)`, an isotropic scale and a translation.
+
+  Returns:
+    The "scale_translation_3d" `Transform` for volumes, with 4 params, identity
+    `(1, 0, 0, 0)`, theta `[[s, 0, 0, tx], [0, s, 0, ty], [0, 0, s, tz]]`.
+  """
   def to_theta(p):
     return _volume_theta(p[..., 0, None, None] * jnp.eye(3, dtype=p.dtype), p[..., 1:])
   return _matrix_family("scale_translation_3d", [1, 0, 0, 0], to_theta, dims=3)
@@ -188,6 +251,18 @@ def rotation_from_quaternion(quaternion: jax.Array) -> jax.Array:
   The quaternion need not be normalized (it is divided by its norm), so every nonzero
   vector is valid and no rotation is singular: unlike Euler angles, there is no
   gimbal lock. `(1, 0, 0, 0)` is the identity.
+
+  Args:
+    quaternion: `[..., 4]` floating `(w, x, y, z)`, nonzero (a zero quaternion gives
+      non-finite entries).
+
+  Returns:
+    `[..., 3, 3]` rotation matrices in the quaternion's dtype.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> rotation_from_quaternion(jnp.array([1.0, 0.0, 0.0, 1.0])).round(6).tolist()
+    [[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
   """
   w, x, y, z = jnp.moveaxis(quaternion, -1, 0)
   # The squared norm divides every entry: the unit quaternion's matrix, without a sqrt.
@@ -204,6 +279,10 @@ def rigid_3d() -> Transform:
 
   The rotation is the quaternion's (see `rotation_from_quaternion`: any nonzero vector,
   no gimbal lock); the translation is in normalized units.
+
+  Returns:
+    The "rigid_3d" `Transform` for volumes, with 7 params, identity
+    `(1, 0, 0, 0, 0, 0, 0)`, theta `[..., 3, 4]`.
   """
   def to_theta(p):
     return _volume_theta(rotation_from_quaternion(p[..., :4]), p[..., 4:])
@@ -212,9 +291,15 @@ def rigid_3d() -> Transform:
 
 @functools.lru_cache(maxsize=None)
 def similarity_3d() -> Transform:
-  """3-D rotation, isotropic scale and translation: params
-  `(qw, qx, qy, qz, log_scale, tx, ty, tz)`, the rotation as in `rigid_3d` and the
-  scale `exp(log_scale)`."""
+  """3-D rotation, isotropic scale and translation: 8 params.
+
+  Params are `(qw, qx, qy, qz, log_scale, tx, ty, tz)`: the rotation as in `rigid_3d`,
+  the scale `exp(log_scale)`, the translation in normalized units.
+
+  Returns:
+    The "similarity_3d" `Transform` for volumes, with 8 params, identity
+    `(1, 0, 0, 0, 0, 0, 0, 0)`, theta `[..., 3, 4]`.
+  """
   def to_theta(p):
     scale = jnp.exp(p[..., 4])[..., None, None]
     return _volume_theta(scale * rotation_from_quaternion(p[..., :4]), p[..., 5:])
@@ -266,7 +351,26 @@ def tps(lattice_shape=(4, 4)) -> Transform:
 
   The paper's TPS uses a 4x4 lattice (16 points). Params are the `(dx, dy)` offsets of
   the control points' source positions, `[..., 2 * K]` as K pairs in row-major order;
-  zero offsets are the identity. `theta` is None: use `grid` or `warp`.
+  zero offsets are the identity. `theta` is None: use `grid` or `warp`. Its grid is
+  computed in float32 whatever the params' dtype.
+
+  Args:
+    lattice_shape: `(rows, cols)` of the control-point lattice, each at least 2;
+      K = rows * cols.
+
+  Returns:
+    The "tps" `Transform` with `2 * K` params. Equal lattices give the same (cached)
+    object.
+
+  Raises:
+    ValueError: `lattice_shape` is not two ints, or has fewer than 2 rows or columns.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tps().num_params, tps((2, 3)).num_params
+    (32, 12)
+    >>> tps().grid(jnp.zeros(32), (2, 2)).tolist()  # Zero offsets: the identity grid.
+    [[[-0.5, -0.5], [0.5, -0.5]], [[-0.5, 0.5], [0.5, 0.5]]]
   """
   try:
     rows, cols = (int(n) for n in lattice_shape)
@@ -329,14 +433,45 @@ _FAMILIES = {
 
 
 def names(dims=None) -> tuple[str, ...]:
-  """The names `get` accepts; with `dims` (2 or 3), those of the 2-D or 3-D families."""
+  """The names `get` accepts; with `dims` (2 or 3), those of the 2-D or 3-D families.
+
+  Args:
+    dims: None (every family), 2 (image families) or 3 (volume families).
+
+  Returns:
+    A tuple of family names.
+
+  Example:
+    >>> names(dims=3)
+    ('affine_3d', 'translation_3d', 'scale_translation_3d', 'rigid_3d', 'similarity_3d')
+  """
   if dims is None:
     return tuple(_FAMILIES)
   return tuple(name for name in _FAMILIES if name.endswith("_3d") == (dims == 3))
 
 
 def get(name: str, **options) -> Transform:
-  """The family called `name`; options go to its factory (e.g. `lattice_shape` for tps)."""
+  """The family called `name`; options go to its factory (e.g. `lattice_shape` for tps).
+
+  Args:
+    name: one of `names()`, e.g. "affine", "tps" or "rigid_3d".
+    **options: keyword arguments of the family's factory; only `tps` takes one,
+      `lattice_shape`.
+
+  Returns:
+    The `Transform`.
+
+  Raises:
+    ValueError: `name` is not a family's (the message lists them), or an option is
+      invalid.
+    TypeError: an option the factory does not take.
+
+  Example:
+    >>> get("affine").num_params
+    6
+    >>> get("tps", lattice_shape=(3, 3)).num_params
+    18
+  """
   if name not in _FAMILIES:
     raise ValueError(f"Unknown transform family {name!r}; expected one of {names()}.")
   return _FAMILIES[name](**options)
@@ -369,14 +504,29 @@ def warp(transform: Transform, params: jax.Array, image: jax.Array, out_shape=No
 
   Args:
     transform: a `Transform`, e.g. `get("tps")`.
-    params: `[*batch, ..., num_params]`; starts with the image's batch dims, extra
-      dims are glimpses, as theta in `stnjax.sample`.
-    image: `[*batch, H, W, C]`, or `[*batch, D, H, W, C]` for a 3-D family.
-    out_shape, method, padding_mode, align_corners, fill_value, implementation,
-      antialias: as in `stnjax.sample`.
+    params: `[*batch, ..., num_params]`, floating; starts with the image's batch dims,
+      extra dims are glimpses, as theta in `stnjax.sample`.
+    image: `[*batch, H, W, C]`, or `[*batch, D, H, W, C]` for a 3-D family; float or
+      integer.
+    out_shape: `(Ho, Wo)` (or `(Do, Ho, Wo)`); defaults to the image's.
+    method, padding_mode, align_corners, fill_value: as in `stnjax.sample`.
+    implementation, antialias: as in `stnjax.sample`.
 
   Returns:
-    `[*batch, ..., *out_shape, C]`; identity params return the image exactly.
+    `[*batch, ..., *out_shape, C]` in the image's dtype (float32 for integer images);
+    identity params return the image exactly.
+
+  Raises:
+    TypeError: `transform` is not a `Transform`, `params` is not a floating array, or
+      as in `stnjax.sample`.
+    ValueError: `params`' last axis is not `transform.num_params`, or as in
+      `stnjax.sample`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> image = jnp.arange(8.0).reshape(1, 8, 1)
+    >>> warp(get("translation"), jnp.array([0.25, 0.0]), image)[..., 0].tolist()
+    [[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 0.0]]
   """
   if not isinstance(transform, Transform):
     raise TypeError(f"transform must be a stnjax.transforms.Transform (e.g. "
