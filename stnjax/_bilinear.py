@@ -37,7 +37,6 @@ import functools
 import math
 
 import jax
-from jax._src import dispatch  # apply_primitive: how jaxlib's own primitives run eagerly.
 from jax.extend.core import Primitive
 from jax.interpreters import ad
 from jax.interpreters import batching
@@ -116,10 +115,28 @@ coordinate_tangent_p.def_abstract_eval(
 coordinate_cotangent_p.def_abstract_eval(
     lambda cotangent, images, *coords, **_: [_points_aval(c) for c in coords])
 
+
+def compiled_impl(primitive):
+  """An impl rule (`Primitive.def_impl`) that compiles `primitive` on its own and runs
+  it, as JAX runs its own primitives outside jit (also under `jax.disable_jit()`): one
+  compiled function per set of parameters, named after the primitive."""
+  @functools.cache
+  def compiled(params):
+    def run(*args):
+      return primitive.bind(*args, **dict(params))
+    run.__name__ = run.__qualname__ = primitive.name
+    return jax.jit(run)
+
+  def impl(*args, **params):
+    with jax.disable_jit(False):
+      return compiled(tuple(sorted(params.items())))(*args)
+
+  return impl
+
+
 _PRIMITIVES = (read_p, image_gradient_p, coordinate_tangent_p, coordinate_cotangent_p)
 for _primitive in _PRIMITIVES:
-  # Compiled on its own when called outside jit (also under jax.disable_jit()).
-  _primitive.def_impl(functools.partial(dispatch.apply_primitive, _primitive))
+  _primitive.def_impl(compiled_impl(_primitive))
 
 
 # The reference code for each primitive (plain JAX, differentiable in every argument).
@@ -165,7 +182,8 @@ def _image_gradient_cpu_lowering(ctx, cotangent, *coords, spatial, implementatio
   # The kernel checks each axis's bounds even when unchecked: a corner that would wrap to
   # the next row is dropped (the atlas's, whose cotangent its transpose discards anyway).
   if implementation == "cpu_kernel" and len(coords) == 2:
-    # The kernel takes (x, y, cotangent); ffi_lowering reads the operands' types from ctx.
+    # The kernel takes (x, y, cotangent); ffi_lowering reads the operands' types from ctx
+    # (a jax.extend.lowering.LoweringRuleContext, whose `replace` JAX documents).
     kernel_ctx = ctx.replace(avals_in=(ctx.avals_in[1], ctx.avals_in[2], ctx.avals_in[0]))
     return jax.ffi.ffi_lowering(_cpu_kernel.TARGET)(kernel_ctx, *coords, cotangent)
   return mlir.lower_fun(functools.partial(

@@ -17,6 +17,8 @@ import operator
 import jax
 import jax.numpy as jnp
 
+from stnjax import _jax_private
+
 # Up to this many channels, XLA:CPU gets per-channel sums and products written out
 # (see _channel_sum); above it, reductions and broadcasts.
 UNROLLED_CHANNELS = 16
@@ -260,17 +262,10 @@ def in_two_chunks(function, *arrays):
   return jax.tree.map(merge, out)
 
 
-def varying_axes(x):
-  """The manual mesh axes (inside `shard_map`) that `x` varies over: a frozenset."""
-  aval = jax.typeof(x)
-  vma = getattr(aval, "vma", None)
-  return vma if vma is not None else aval.mat.varying
-
-
 def vary_alike(args):
   """The arrays made to vary over the same manual mesh axes (as JAX does for its own
   primitives' operands): inside `shard_map`, the union of theirs."""
-  varying = [varying_axes(a) for a in args]
+  varying = [_jax_private.varying_axes(a) for a in args]
   every = frozenset().union(*varying)
   return [a if axes == every else jax.lax.pcast(a, tuple(sorted(every - axes)), to="varying")
           for a, axes in zip(args, varying)]

@@ -15,10 +15,7 @@ mapped axis into the image batch, and binding goes through `_bilinear.bind` (sha
 explicit sharding), as the bilinear primitives do.
 """
 
-import functools
-
 import jax
-from jax._src import dispatch  # apply_primitive: how jaxlib's own primitives run eagerly.
 from jax.extend.core import Primitive
 from jax.interpreters import ad
 from jax.interpreters import batching
@@ -184,7 +181,7 @@ atlas_transpose_p.def_abstract_eval(
 
 for _primitive, _reference in ((atlas_p, _atlas_reference),
                                (atlas_transpose_p, _atlas_transpose_reference)):
-  _primitive.def_impl(functools.partial(dispatch.apply_primitive, _primitive))
+  _primitive.def_impl(_bilinear.compiled_impl(_primitive))
   mlir.register_lowering(_primitive, mlir.lower_fun(_reference, multiple_results=False))
   batching.primitive_batchers[_primitive] = _bilinear.batch_rule(_primitive)
 
