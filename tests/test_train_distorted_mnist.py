@@ -344,6 +344,10 @@ def run_two_processes(args):
 def test_two_processes_train_as_one_process_with_eight_devices(tiny_idx, tmp_path):
   """jax's multi-process runtime: 2 processes x 4 CPU devices against 1 x 8, with a resume.
 
+  The runs share this test run's persistent compilation cache, where the first run's
+  process 0 leaves its programs: the program must keep the second run's processes from
+  mixing cached and fresh programs (with jax 0.12 they then hang in their all-gathers).
+
   The gradients' all-reduce runs across the processes (gloo) in another order than
   within one, so the parameters agree to float32 rounding, not bit for bit. A constant
   learning rate, so that the run resumed for a second epoch is the two-epoch run."""
@@ -375,3 +379,57 @@ def test_two_processes_train_as_one_process_with_eight_devices(tiny_idx, tmp_pat
   # on 0.05% of the parameters. A wrong share of the batch moves them all, and the loss.
   for a, b in zip(jax.tree.leaves(one_params["params"]), jax.tree.leaves(two_params["params"])):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4)
+
+
+def communicate_within(process, seconds):
+  """The process's output, once it exits; fails naming the output so far if it runs on."""
+  try:
+    return process.communicate(timeout=seconds)[0]
+  except subprocess.TimeoutExpired:
+    process.kill()
+    pytest.fail(f"still running after {seconds} s: {process.communicate()[0][-3000:]}")
+
+
+# A process that is gone ends the others within --distributed_timeout_s (and JAX's
+# polling, seconds); the rest of the bound is starting Python and JAX on a busy machine.
+# Where both start, the timeout leaves the second time to import JAX.
+ENDS_WITHIN_S = 150
+
+
+def test_a_process_that_never_connects_ends_the_run_with_its_reason(tiny_idx, tmp_path):
+  """Process 0 of 2, alone: it exits non-zero, naming the deadline, instead of waiting."""
+  alone = run_program([*flags(tiny_idx, tmp_path / "run", "--num_epochs", "1"), "--distributed",
+                       "--coordinator_address", f"localhost:{free_port()}", "--num_processes",
+                       "2", "--process_id", "0", "--distributed_timeout_s", "5"],
+                      env=cpu_env(4))
+  output = communicate_within(alone, ENDS_WITHIN_S)
+  assert alone.returncode != 0, output
+  assert "has not connected within 5 s" in output, output[-3000:]
+  assert "DEADLINE_EXCEEDED" in output and "RegisterTask" in output, output[-3000:]
+  assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_a_process_that_dies_ends_the_others_with_its_reason(tiny_idx, tmp_path):
+  """Process 1 is killed once the run has started: process 0 exits non-zero, naming the
+  process that stopped sending heartbeats, instead of waiting for it in a collective."""
+  distributed = ["--distributed", "--coordinator_address", f"localhost:{free_port()}",
+                 "--num_processes", "2", "--distributed_timeout_s", "20"]
+  args = flags(tiny_idx, tmp_path / "run", "--num_epochs", "1", *distributed)
+  survivor, victim = [run_program([*args, "--process_id", str(i)], env=cpu_env(4))
+                      for i in range(2)]
+  try:
+    lines = []
+    for line in survivor.stdout:  # Until both have joined and the data is split over them.
+      lines.append(line)
+      if "in 2 processes" in line:
+        break
+    assert lines and "in 2 processes" in lines[-1], "".join(lines)[-3000:]
+    victim.kill()
+    output = "".join(lines) + communicate_within(survivor, ENDS_WITHIN_S)
+  finally:
+    for process in (survivor, victim):
+      process.kill()
+      process.wait()
+  assert survivor.returncode != 0, output[-3000:]
+  assert "stopped sending heartbeats" in output, output[-3000:]
+  assert not (tmp_path / "run" / "results.json").exists()

@@ -11,6 +11,7 @@ change some of them (each program starts from its own); flags change the rest.
 import argparse
 import dataclasses
 import os
+import sys
 from typing import Optional
 
 import jax
@@ -46,6 +47,9 @@ class Config:
   coordinator_address: Optional[str] = None
   num_processes: Optional[int] = None
   process_id: Optional[int] = None
+  # How long a multi-process run waits for every process to connect, and how long a
+  # process may stop answering before the others end (jax.distributed's timeouts).
+  distributed_timeout_s: int = 120
   log_every_steps: int = 20  # the host reads the training metrics this often
   # distorted_mnist only.
   dataset: str = "fashion_mnist"  # fashion_mnist | mnist (IDX files in data_dir)
@@ -91,6 +95,8 @@ HELP = {
     "coordinator_address": "host:port of process 0's coordinator (with --distributed)",
     "num_processes": "processes in the run (with --distributed)",
     "process_id": "this process's index, 0 to num_processes - 1 (with --distributed)",
+    "distributed_timeout_s": ("seconds to wait for every process to connect, and after which "
+                              "a process that stopped answering ends the run (with --distributed)"),
     "log_every_steps": "training metrics are read from the device, checked and shown this often",
     "dataset": "IDX dataset; Fashion-MNIST is found in Debian's folder",
     "distortion": "the paper's distortion (see train/data/distortions.py)",
@@ -149,7 +155,8 @@ def check(config: Config) -> None:
   if config.program not in PROGRAM_FIELDS:
     raise ConfigError(f"program must be one of {sorted(PROGRAM_FIELDS)}, got {config.program!r}")
   positive = ("num_epochs", "batch_size", "eval_batch_size", "checkpoint_every_steps",
-              "keep_checkpoints", "num_transformers", "log_every_steps", "stn_iterations")
+              "keep_checkpoints", "num_transformers", "log_every_steps", "stn_iterations",
+              "distributed_timeout_s")
   for name in positive:
     if getattr(config, name) < 1:
       raise ConfigError(f"--{name} must be >= 1, got {getattr(config, name)}")
@@ -191,7 +198,8 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser,
 # Settings a resumed run may change: how long, how often, where and on what it runs.
 RESUMABLE_CHANGES = ("num_epochs", "eval_batch_size", "checkpoint_every_steps",
                      "keep_checkpoints", "log_every_steps", "data_dir", "accelerator",
-                     "distributed", "coordinator_address", "num_processes", "process_id")
+                     "distributed", "coordinator_address", "num_processes", "process_id",
+                     "distributed_timeout_s")
 
 
 def check_resumable(saved: dict, config: Config, workdir) -> None:
@@ -224,13 +232,33 @@ def maybe_initialize_distributed(config: Config) -> bool:
   """Joins a multi-host run when --distributed, JAX_COORDINATOR_ADDRESS or any of the
   coordinator flags asks for one.
 
-  Must run before anything else touches JAX's devices.
+  Must run before anything else touches JAX's devices. A process that does not connect
+  within --distributed_timeout_s, or stops sending heartbeats for that long (it died),
+  ends every other process: JAX's coordination service aborts them with a message
+  naming the cause (DEADLINE_EXCEEDED at RegisterTask; "tasks are unhealthy (stopped
+  sending heartbeats)"), exit code 134, instead of leaving them waiting in a collective.
   """
   asked = (config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")
            or config.coordinator_address or config.num_processes or config.process_id is not None)
   if not asked:
     return False
-  jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_id)
+  timeout = config.distributed_timeout_s
+  where = f" at {config.coordinator_address}" if config.coordinator_address else ""
+  print(f"joining a multi-process run{where}: a process that has not connected within "
+        f"{timeout} s, or stops answering for {timeout} s, ends it (--distributed_timeout_s)",
+        file=sys.stderr, flush=True)
+  jax.distributed.initialize(config.coordinator_address, config.num_processes, config.process_id,
+                             initialization_timeout=timeout, heartbeat_timeout_seconds=timeout)
+  platform = config.accelerator or jax.default_backend()
+  if jax.process_count() > 1 and platform == "cpu":
+    # The processes of a CPU run must not take their programs from the persistent
+    # compilation cache (JAX_COMPILATION_CACHE_DIR). Its key for a CPU program includes
+    # the process's own devices, and only process 0 writes, so on a second run
+    # process 0 loads each program from the cache while the others compile it afresh.
+    # With jax 0.12 the cached and the fresh copy of the train step then block in
+    # their all-gathers, each waiting for the other, and the run hangs (jax 0.10.2 runs
+    # the same mix). Every process compiling its own programs keeps them in step.
+    jax.config.update("jax_enable_compilation_cache", False)
   return True
 
 
