@@ -17,7 +17,7 @@ setup(ext_modules=[
         depends=["stnjax/_native/parallel.h"],
         include_dirs=[os.path.join(os.path.dirname(jaxlib.__file__), "include")],
         language="c++",
-        extra_compile_args=["-std=c++17", "-O3", "-Wno-attributes"],
+        extra_compile_args=["-std=c++17", "-O3", "-g0", "-Wno-attributes"],
         optional=True,
     )
 ])
