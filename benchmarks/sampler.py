@@ -4,11 +4,14 @@
     python benchmarks/sampler.py --quick          # fewer repeats
     python benchmarks/sampler.py --dims 3         # the volume cases only
     python benchmarks/sampler.py --json out.json --plot out.png
+    python benchmarks/sampler.py --gpu_shapes --dtypes float32 bfloat16 --device cuda \
+        --peers stnjax                            # on a GPU (benchmarks/device_check.sh)
 
 Cases: batches of images, and of volumes (the last two: `[B, D, H, W, C]`, trilinear,
 against PyTorch's 5-D grid_sample; the 2-D-only peers skip them).
 
-Peers: PyTorch affine_grid + grid_sample (NCHW, same data; when torch is installed),
+Peers: PyTorch affine_grid + grid_sample (NCHW, same data; when torch is installed;
+on `--device`, by default CUDA where JAX runs on a GPU and the CPU elsewhere),
 stnjax with its defaults (XLA code only), stnjax with implementation="cpu_kernel"
 (its compiled CPU kernel for the image gradient, where built),
 jax.scipy.ndimage.map_coordinates (order 1, per channel, vmapped), dm-pix
@@ -22,6 +25,13 @@ map). The peers of a cell take turns of a few calls, the first of each turn unti
 is the median of the timed calls, with block_until_ready (JAX) or a synchronized step
 (torch). The ratio is PyTorch's time
 divided by the peer's: above 1.0 the peer is faster than PyTorch.
+
+`--dtypes bfloat16` runs each cell on bfloat16 data too (theta, image and cotangent,
+rounded from the same float32 values on both sides); `--gpu_shapes` adds the large
+image batches of GPU_CASES; `--cases` replaces the cases (`B,H,W,C[:Ho,Wo]`, or
+`B,D,H,W,C[:Do,Ho,Wo]` for volumes). A peer that fails on a cell (out of memory, a
+dtype it lacks) is recorded as failed with the error, and the run goes on; `--json`
+is rewritten after each case, so a run stopped early keeps what it measured.
 """
 
 import argparse
@@ -81,6 +91,33 @@ CASES = (
     Case(8, 64, 64, 1, (64, 64, 64), depth=64),
     Case(2, 128, 128, 1, (128, 128, 128), depth=128),
 )
+# Image batches that fill a GPU (--gpu_shapes), after the CPU cases.
+GPU_CASES = (
+    Case(256, 224, 224, 3, (224, 224)),
+    Case(64, 512, 512, 3, (512, 512)),
+)
+DTYPES = ("float32", "bfloat16")
+
+
+def parse_case(text):
+  """A Case from `B,H,W,C[:Ho,Wo]` or, for a volume, `B,D,H,W,C[:Do,Ho,Wo]`."""
+  shape, _, out = text.partition(":")
+  try:
+    sizes = tuple(int(v) for v in shape.split(","))
+    out_shape = tuple(int(v) for v in out.split(",")) if out else None
+  except ValueError:
+    sizes = out_shape = None
+  if sizes is None or len(sizes) not in (4, 5) or min(sizes) < 1 or (
+      out_shape is not None and (len(out_shape) != len(sizes) - 2 or min(out_shape) < 1)):
+    raise argparse.ArgumentTypeError(
+        f"a case is B,H,W,C[:Ho,Wo] or B,D,H,W,C[:Do,Ho,Wo] of positive ints, got {text!r}")
+  if len(sizes) == 4:
+    batch, height, width, channels = sizes
+    return Case(batch, height, width, channels, out_shape or (height, width))
+  batch, depth, height, width, channels = sizes
+  return Case(batch, height, width, channels, out_shape or (depth, height, width), depth=depth)
+
+
 # The peers that sample volumes (PyTorch's 5-D grid_sample); the others are 2-D only.
 VOLUME_PEERS = ("torch", "stnjax")
 
@@ -94,32 +131,46 @@ def make_inputs(case, seed=0):
   return image.astype(np.float32), theta, cotangent.astype(np.float32)
 
 
-def jax_runner(warp, case, mode, inputs):
-  """A no-argument callable running `warp(theta, image, out_shape)` in `mode`, jitted."""
-  image, theta, cotangent = (jnp.asarray(a) for a in inputs)
+def jax_runner(warp, case, mode, inputs, dtype="float32"):
+  """A no-argument callable running `warp(theta, image, out_shape)` in `mode`, jitted,
+  on the inputs cast to `dtype`."""
+  image, theta, cotangent = (jnp.asarray(a, dtype) for a in inputs)
 
-  def loss(theta, image):
+  def loss(theta, image, cotangent):
     return jnp.vdot(warp(theta, image, case.out_shape), cotangent)
 
+  # Every array an argument: none is baked into the program as a constant.
   if mode == "forward":
-    step = jax.jit(lambda theta, image: warp(theta, image, case.out_shape))
+    step = jax.jit(lambda theta, image, _: warp(theta, image, case.out_shape))
   elif mode == "grad_theta":
     step = jax.jit(jax.grad(loss))
   else:
     step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return lambda: jax.block_until_ready(step(theta, image))
+  return lambda: jax.block_until_ready(step(theta, image, cotangent))
 
 
-def torch_runner(case, mode, inputs):
+def torch_device(requested=None):
+  """The device the PyTorch peer runs on: `requested` ("cpu" or "cuda"), or by default
+  CUDA where JAX runs on a GPU and torch sees one, else the CPU."""
+  import torch
+  if requested and requested != "auto":
+    return requested
+  return "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def torch_runner(case, mode, inputs, dtype="float32", device=None):
   import torch
   import torch.nn.functional as F
 
-  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  device = torch_device(device)
+  dtype = getattr(torch, dtype)
   image, theta, cotangent = inputs
   channels_first = (0, image.ndim - 1) + tuple(range(1, image.ndim - 1))
-  image = torch.tensor(image, device=device).permute(channels_first).contiguous()
-  theta = torch.tensor(theta, device=device)
-  cotangent = torch.tensor(cotangent, device=device).permute(channels_first).contiguous()
+  # Cast from float32 on the torch side: both peers round the same values to `dtype`.
+  image = torch.tensor(image, device=device).to(dtype).permute(channels_first).contiguous()
+  theta = torch.tensor(theta, device=device).to(dtype)
+  cotangent = torch.tensor(cotangent, device=device).to(dtype).permute(
+      channels_first).contiguous()
   size = (case.batch, case.channels) + case.out_shape
   synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
@@ -144,31 +195,39 @@ def torch_runner(case, mode, inputs):
   return forward if mode == "forward" else backward
 
 
-def peers():
-  """(name, factory or None, reason skipped): factory(case, mode, inputs) -> runner."""
+def peers(device=None):
+  """(name, factory or None, reason skipped), torch's threads, torch's device:
+  factory(case, mode, inputs, dtype) -> runner. `device` is torch's (see torch_device)."""
   found = []
   try:
     import torch
     torch_threads = torch.get_num_threads()
-    found.append(("torch", torch_runner, None))
+    device = torch_device(device)
+    if device == "cuda" and not torch.cuda.is_available():
+      found.append(("torch", None, f"torch {torch.__version__} sees no CUDA device"))
+    else:
+      found.append(("torch", functools.partial(torch_runner, device=device), None))
   except ImportError:
-    torch_threads = None
+    torch_threads = device = None
     found.append(("torch", None, "torch not installed (pip install torch==2.13.0)"))
-  found.append(("stnjax", lambda c, m, i: jax_runner(stnjax.sample, c, m, i), None))
+
+  def jax_peer(warp):
+    return lambda case, mode, inputs, dtype: jax_runner(warp, case, mode, inputs, dtype)
+
+  found.append(("stnjax", jax_peer(stnjax.sample), None))
   if stnjax.has_cpu_kernel():
-    with_kernel = functools.partial(stnjax.sample, implementation="cpu_kernel")
-    found.append(("stnjax_cpu_kernel", lambda c, m, i: jax_runner(with_kernel, c, m, i), None))
+    found.append(("stnjax_cpu_kernel",
+                  jax_peer(functools.partial(stnjax.sample, implementation="cpu_kernel")), None))
   else:
     found.append(("stnjax_cpu_kernel", None, "stnjax's CPU kernel is not built"))
-  found.append(("map_coordinates",
-                lambda c, m, i: jax_runner(baselines.map_coordinates_sample, c, m, i), None))
+  found.append(("map_coordinates", jax_peer(baselines.map_coordinates_sample), None))
   try:
     import dm_pix  # noqa: F401
-    found.append(("dm_pix", lambda c, m, i: jax_runner(baselines.dm_pix_sample, c, m, i), None))
+    found.append(("dm_pix", jax_peer(baselines.dm_pix_sample), None))
   except ImportError:
     found.append(("dm_pix", None, "dm-pix not installed (pip install dm-pix)"))
-  found.append(("textbook", lambda c, m, i: jax_runner(baselines.textbook_sample, c, m, i), None))
-  return found, torch_threads
+  found.append(("textbook", jax_peer(baselines.textbook_sample), None))
+  return found, torch_threads, device
 
 
 CALLS_PER_TURN = 3
@@ -198,60 +257,94 @@ def version(package):
     return "absent"
 
 
-def environment(torch_threads):
+def torch_environment(device):
+  """PyTorch's device name and the settings that change its GPU timings, or {}."""
+  if device != "cuda":
+    return {"torch_device": device} if device else {}
+  import torch
+  return {"torch_device": f"cuda: {torch.cuda.get_device_name()}",
+          "torch_cudnn": torch.backends.cudnn.version(),
+          "torch_cudnn_benchmark": torch.backends.cudnn.benchmark,
+          "torch_tf32_conv": torch.backends.cudnn.allow_tf32,
+          "torch_tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
+
+
+def environment(torch_threads, torch_device=None):
   device = jax.devices()[0]
   return {
       "device": f"{device.platform}: {getattr(device, 'device_kind', '')}".strip(),
       "cpu": platform.processor() or platform.machine(),
       "cpu_count": os.cpu_count(),
       "torch_threads": torch_threads,
+      **torch_environment(torch_device),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "versions": {p: version(p) for p in ("stnjax", "jax", "jaxlib", "torch", "dm-pix",
                                            "numpy")},
   }
 
 
-def run(cases, modes, warmup, repeats, only=None):
-  """Benchmarks every available peer; returns (environment, records)."""
-  available, torch_threads = peers()
+def _error_text(error):
+  return f"{type(error).__name__}: {error}"[:500]
+
+
+def run(cases, modes, warmup, repeats, only=None, dtypes=("float32",), device=None,
+        after_case=None):
+  """Benchmarks every available peer; returns (environment, records). `device` is
+  torch's; `after_case(environment, records)` is called after each case."""
+  available, torch_threads, torch_device = peers(device)
+  env = environment(torch_threads, torch_device)
   records = []
   for case in cases:
     inputs = make_inputs(case)
-    for mode in modes:
-      cell, runners = {}, {}
-      for name, factory, reason in available:
-        if only and name not in only and name != "torch":
-          continue
-        cell[name] = dict(shape=case.label, mode=mode, peer=name, batch=case.batch)
-        if factory is None:
-          cell[name].update(status="skipped", reason=reason)
-          continue
-        if case.depth is not None and name not in VOLUME_PEERS:
-          cell[name].update(status="skipped", reason="samples 2-D images only")
-          continue
+    for dtype in dtypes:
+      for mode in modes:
+        cell, runners = {}, {}
+        for name, factory, reason in available:
+          if only and name not in only and name != "torch":
+            continue
+          cell[name] = dict(shape=case.label, dtype=dtype, mode=mode, peer=name,
+                            batch=case.batch)
+          if factory is None:
+            cell[name].update(status="skipped", reason=reason)
+            continue
+          if case.depth is not None and name not in VOLUME_PEERS:
+            cell[name].update(status="skipped", reason="samples 2-D images only")
+            continue
+          try:
+            runner = factory(case, mode, inputs, dtype)
+            runner()  # Compiles; raises here for a case the peer cannot do.
+            runners[name] = runner
+          except ValueError as error:  # A peer that cannot do this case (dm-pix resizing).
+            cell[name].update(status="skipped", reason=str(error))
+          except Exception as error:  # noqa: BLE001  (out of memory, a dtype it lacks)
+            cell[name].update(status="failed", reason=_error_text(error))
         try:
-          runner = factory(case, mode, inputs)
-          runner()  # Compiles; raises here for a case the peer cannot do.
-          runners[name] = runner
-        except ValueError as error:  # A peer that cannot do this case (dm-pix resizing).
-          cell[name].update(status="skipped", reason=str(error))
-      for name, seconds in median_seconds_in_turns(runners, warmup, repeats).items():
-        cell[name].update(status="ok", median_ms=seconds * 1e3,
-                          images_per_s=case.batch / seconds)
-      for name, record in cell.items():
-        records.append(record)
-        print(f"  {case.label:<28} {mode:<17} {name:<18} "
-              + (f"{record['median_ms']:9.2f} ms" if record["status"] == "ok"
-                 else f"skipped: {record['reason']}"), file=sys.stderr, flush=True)
-  add_ratios(records)
-  return environment(torch_threads), records
+          seconds = median_seconds_in_turns(runners, warmup, repeats)
+        except Exception as error:  # noqa: BLE001  Which runner failed is in the reason.
+          seconds = {}
+          for name in runners:
+            cell[name].update(status="failed", reason="timing: " + _error_text(error))
+        for name, value in seconds.items():
+          cell[name].update(status="ok", median_ms=value * 1e3, images_per_s=case.batch / value)
+        for name, record in cell.items():
+          records.append(record)
+          print(f"  {case.label:<28} {dtype:<9} {mode:<17} {name:<18} "
+                + (f"{record['median_ms']:9.2f} ms" if record["status"] == "ok"
+                   else f"{record['status']}: {record['reason']}"), file=sys.stderr, flush=True)
+    add_ratios(records)
+    if after_case:
+      after_case(env, records)
+  return env, records
 
 
 def add_ratios(records):
-  torch_ms = {(r["shape"], r["mode"]): r["median_ms"] for r in records
+  def key(record):
+    return record["shape"], record.get("dtype", "float32"), record["mode"]
+
+  torch_ms = {key(r): r["median_ms"] for r in records
               if r["peer"] == "torch" and r["status"] == "ok"}
   for record in records:
-    reference = torch_ms.get((record["shape"], record["mode"]))
+    reference = torch_ms.get(key(record))
     if record["status"] == "ok" and reference:
       record["ratio_vs_torch"] = reference / record["median_ms"]
 
@@ -272,21 +365,25 @@ def table(env, records):
       "| shape | mode | " + " | ".join(names) + " |",
       "|---|---|" + "---|" * len(names),
   ]
-  by_cell = {(r["shape"], r["mode"], r["peer"]): r for r in records}
+  by_cell = {(r["shape"], r.get("dtype", "float32"), r["mode"], r["peer"]): r
+             for r in records}
   for shape in dict.fromkeys(r["shape"] for r in records):
-    for mode in dict.fromkeys(r["mode"] for r in records):
-      cells = []
-      for name in names:
-        record = by_cell.get((shape, mode, name))
-        if record is None or record["status"] != "ok":
-          cells.append("skipped")
-        elif "ratio_vs_torch" in record and name != "torch":
-          cells.append(f"{record['median_ms']:.2f} ({record['ratio_vs_torch']:.2f}x)")
-        else:
-          cells.append(f"{record['median_ms']:.2f}")
-      lines.append(f"| {shape} | {mode} | " + " | ".join(cells) + " |")
-  skipped = {r["peer"]: r["reason"] for r in records if r["status"] == "skipped"}
-  lines += [f"skipped {name}: {reason}" for name, reason in skipped.items()]
+    for dtype in dict.fromkeys(r.get("dtype", "float32") for r in records):
+      for mode in dict.fromkeys(r["mode"] for r in records):
+        cells = []
+        for name in names:
+          record = by_cell.get((shape, dtype, mode, name))
+          if record is None or record["status"] != "ok":
+            cells.append("failed" if record and record["status"] == "failed" else "skipped")
+          elif "ratio_vs_torch" in record and name != "torch":
+            cells.append(f"{record['median_ms']:.2f} ({record['ratio_vs_torch']:.2f}x)")
+          else:
+            cells.append(f"{record['median_ms']:.2f}")
+        label = mode if dtype == "float32" else f"{mode} {dtype}"
+        lines.append(f"| {shape} | {label} | " + " | ".join(cells) + " |")
+  for status in ("skipped", "failed"):
+    reasons = {r["peer"]: r["reason"] for r in records if r["status"] == status}
+    lines += [f"{status} {name}: {reason}" for name, reason in reasons.items()]
   return "\n".join(lines)
 
 
@@ -295,13 +392,17 @@ def plot(records, path):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  def group(record):
+    dtype = record.get("dtype", "float32")
+    return record["shape"], record["mode"] if dtype == "float32" else f"{record['mode']} {dtype}"
+
   rated = [r for r in records if "ratio_vs_torch" in r and r["peer"] != "torch"]
-  groups = list(dict.fromkeys((r["shape"], r["mode"]) for r in rated))
+  groups = list(dict.fromkeys(group(r) for r in rated))
   names = list(dict.fromkeys(r["peer"] for r in rated))
   figure, axes = plt.subplots(figsize=(max(8, len(groups) * 0.9), 4.5))
   width = 0.8 / max(1, len(names))
   for offset, name in enumerate(names):
-    values = {(r["shape"], r["mode"]): r["ratio_vs_torch"] for r in rated if r["peer"] == name}
+    values = {group(r): r["ratio_vs_torch"] for r in rated if r["peer"] == name}
     axes.bar([i + offset * width for i in range(len(groups))],
              [values.get(g, 0) for g in groups], width, label=name)
   axes.axhline(1.0, color="black", linewidth=0.8)
@@ -324,6 +425,13 @@ def parse_args(argv=None):
                       help="only these peers (torch always runs for the ratio)")
   parser.add_argument("--dims", type=int, choices=(2, 3), default=None,
                       help="only the image (2) or the volume (3) cases")
+  parser.add_argument("--gpu_shapes", action="store_true",
+                      help="add the large image batches of GPU_CASES")
+  parser.add_argument("--cases", nargs="+", type=parse_case, default=None,
+                      help="these cases instead: B,H,W,C[:Ho,Wo] or B,D,H,W,C[:Do,Ho,Wo]")
+  parser.add_argument("--dtypes", nargs="+", choices=DTYPES, default=["float32"])
+  parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                      help="PyTorch's device (auto: CUDA where JAX runs on a GPU)")
   parser.add_argument("--json", type=pathlib.Path, help="write the records as JSON here")
   parser.add_argument("--plot", type=pathlib.Path, help="write a bar chart (PNG) here")
   args = parser.parse_args(argv)
@@ -338,14 +446,21 @@ def parse_args(argv=None):
   return args
 
 
+def write_json(path, env, records):
+  path.write_text(json.dumps({"environment": env, "records": records}, indent=1))
+
+
 def main(argv=None, cases=CASES):
   args = parse_args(argv)
+  cases = list(args.cases or cases) + list(GPU_CASES if args.gpu_shapes else ())
   if args.dims is not None:
     cases = [case for case in cases if len(case.spatial) == args.dims]
-  env, records = run(cases, args.modes, args.warmup, args.repeats, only=args.peers)
+  env, records = run(cases, args.modes, args.warmup, args.repeats, only=args.peers,
+                     dtypes=args.dtypes, device=args.device,
+                     after_case=args.json and functools.partial(write_json, args.json))
   print(table(env, records))
   if args.json:
-    args.json.write_text(json.dumps({"environment": env, "records": records}, indent=1))
+    write_json(args.json, env, records)
   if args.plot:
     plot(records, args.plot)
   return records

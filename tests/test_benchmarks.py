@@ -1,5 +1,6 @@
 """The sampler benchmark: its peers compute what stnjax computes, and a tiny run reports."""
 
+import importlib.util
 import json
 import pathlib
 import sys
@@ -117,3 +118,92 @@ def test_train_loop_benchmark_compares_the_program_with_its_step(tmp_path, capsy
   record = json.loads(path.read_text())
   assert len(record["program_intervals_images_per_s"]) == 2  # Steps 4 and 6; 2 compiles.
   assert "| ratio, program / step alone |" in capsys.readouterr().out
+
+
+def test_case_flags_name_images_volumes_and_models():
+  import argparse
+  import training
+
+  assert sampler.parse_case("2,5,7,3") == sampler.Case(2, 5, 7, 3, (5, 7))
+  assert sampler.parse_case("2,8,6,1:3,4") == sampler.Case(2, 8, 6, 1, (3, 4))
+  assert sampler.parse_case("2,3,4,5,1").label == "[2, 3, 4, 5, 1]"
+  assert sampler.parse_case("2,3,4,5,1:2,2,2").out_shape == (2, 2, 2)
+  for bad in ("2,5,7", "2,5,7,3:4", "2,0,7,3", "a,b,c,d", "2,5,7,3:4,x"):
+    with pytest.raises(argparse.ArgumentTypeError):
+      sampler.parse_case(bad)
+  assert training.parse_case("gtsrb:48:256") == ("gtsrb", 48, 256)
+  for bad in ("gtsrb:48", "resnet:48:256", "tutorial:0:4", "tutorial:28:-1"):
+    with pytest.raises(argparse.ArgumentTypeError):
+      training.parse_case(bad)
+
+
+def test_a_failing_peer_is_recorded_and_the_run_goes_on(monkeypatch, tmp_path):
+  """A peer that raises (out of memory, a dtype it lacks) fails its cells; the others
+  run, bfloat16 cells included, and the JSON is written after each case."""
+  def broken(case, mode, inputs, dtype):
+    raise RuntimeError("out of memory")
+
+  real_peers = sampler.peers
+  monkeypatch.setattr(sampler, "peers", lambda device=None: (
+      [p for p in real_peers(device)[0] if p[0] == "stnjax"] + [("broken", broken, None)],
+      None, None))
+  json_path = tmp_path / "cells.json"
+  records = sampler.main(["--repeats", "1", "--warmup", "0", "--modes", "forward",
+                          "--dtypes", "float32", "bfloat16", "--cases", "2,5,7,3", "2,4,3,1",
+                          "--json", str(json_path)])
+  assert [(r["shape"], r["dtype"], r["peer"], r["status"]) for r in records] == [
+      (shape, dtype, peer, status) for shape in ("[2, 5, 7, 3]", "[2, 4, 3, 1]")
+      for dtype in ("float32", "bfloat16")
+      for peer, status in (("stnjax", "ok"), ("broken", "failed"))]
+  assert all(r["reason"] == "RuntimeError: out of memory" for r in records
+             if r["peer"] == "broken")
+  assert json.loads(json_path.read_text())["records"] == json.loads(json.dumps(records))
+
+
+def test_scatter_spread_counts_bitwise_distinct_results():
+  import scatter_check
+
+  results = iter([np.array([1.0, 2.0]), np.array([1.0, 2.0]), np.array([1.0, 2.5]),
+                  np.array([-0.0, 2.0]), np.array([1.0, 2.5])])
+
+  def comparer(a, b):
+    return a.tobytes() == b.tobytes(), float(np.abs(a - b).max())
+
+  # Calls 1 and 2 agree; [1, 2.5] comes twice and [-0, 2] once: three results in all.
+  assert scatter_check.spread(lambda: next(results), comparer, calls=5, seconds=60) == (5, 3, 1.0)
+
+
+def test_scatter_check_compares_with_torch(tmp_path, capsys):
+  import scatter_check
+
+  path = tmp_path / "scatter.json"
+  records = scatter_check.main(["--shape", "2", "9", "11", "2", "--scales", "0.25",
+                                "--calls", "3", "--repeats", "1", "--warmup", "0",
+                                "--json", str(path)])
+  assert "| shape | dtype | scale | peer |" in capsys.readouterr().out
+  by_peer = {r["peer"]: r for r in records}
+  assert by_peer["stnjax"]["status"] == "ok" and by_peer["stnjax"]["spread_calls"] == 3
+  # On the CPU, XLA's scatter-add is sequential: one result, bit for bit.
+  assert by_peer["stnjax"]["distinct_results"] == 1
+  if importlib.util.find_spec("torch"):
+    assert by_peer["torch"]["max_abs_difference_stnjax_torch"] < 1e-4
+  else:
+    assert by_peer["torch"]["status"] == "skipped"
+  assert json.loads(path.read_text())["records"] == json.loads(json.dumps(records))
+
+
+def test_the_torch_gtsrb_twin_has_the_flax_net_s_parameters():
+  torch = pytest.importorskip("torch", reason="torch is an optional benchmark peer")
+  import jax
+  import training
+  from train import models
+
+  inputs = (np.zeros((2, 48, 48, 3), np.float32), np.zeros(2, np.int32))
+  step = training.torch_gtsrb_runner(48, 2, inputs)
+  model = next(c.cell_contents for c in step.__closure__
+               if isinstance(c.cell_contents, torch.nn.Module))
+  flax_model = models.IdsiaNet(num_classes=43, stn="affine", num_transformers=2)
+  shapes = jax.eval_shape(lambda: flax_model.init(jax.random.key(0), inputs[0]))["params"]
+  assert sum(p.numel() for p in model.parameters()) == sum(
+      int(np.prod(p.shape)) for p in jax.tree.leaves(shapes)) == 9201455
+  assert np.isfinite(float(step()))
