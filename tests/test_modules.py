@@ -137,7 +137,9 @@ def test_batch_size_can_change_under_jit():
     out = apply(params, x)
     assert out.shape == x.shape
     # Each example is transformed on its own: no state carried across the batch.
-    np.testing.assert_allclose(out[:1], apply(params, x[:1]), atol=1e-6)
+    # Within a few float32 roundings of the pixel values (< 1): a batch of one and a
+    # bigger batch are compiled apart, and may fuse their sums otherwise.
+    np.testing.assert_allclose(out[:1], apply(params, x[:1]), atol=4e-6)
   nnx_model = nnx_twin(params, transform="similarity")
   nnx_apply = nnx.jit(lambda m, x: m(x))
   for batch in (2, 5):

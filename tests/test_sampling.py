@@ -5,11 +5,11 @@ import itertools
 
 import chex
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl.testing import parameterized
-from jax.extend.core import jaxprs_in_params
 
 import stnjax
 from stnjax import _jax_private
@@ -494,6 +494,17 @@ def bilinear_equations(jaxpr):
   for equation in jaxpr.eqns:
     if equation.primitive.name.startswith("stnjax_bilinear"):
       found.append(equation)
-    for sub in jaxprs_in_params(equation.params):
+    for sub in sub_jaxprs(equation.params):
       found += bilinear_equations(sub)
   return found
+
+
+def sub_jaxprs(params):
+  """The jaxprs among an equation's parameters (jit's, cond's branches, custom rules');
+  jax.extend.core.jaxprs_in_params does this from jax 0.10 on."""
+  for value in params.values():
+    for item in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(item, jax.extend.core.ClosedJaxpr):
+        yield item.jaxpr
+      elif isinstance(item, jax.extend.core.Jaxpr):
+        yield item
