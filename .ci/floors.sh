@@ -26,7 +26,7 @@ if [ -z "$python" ]; then
     python=$(command -v "python$floor")
   else
     pyenv_root=${PYENV_ROOT:-$HOME/.pyenv}
-    python=$(ls -d "$pyenv_root"/versions/"$floor".*/bin/python 2>/dev/null | sort -V | tail -1)
+    python=$(ls -d "$pyenv_root"/versions/"$floor".*/bin/python 2>/dev/null | sort -V | tail -1 || true)
   fi
 fi
 test -n "$python" && test -x "$python" \
@@ -57,8 +57,8 @@ echo "floors: CPU kernel built: $("$work/venv/bin/python" -c 'import stnjax; pri
 
 cd "$work/src"
 tests=${FLOORS_TESTS:-"tests/test_sampling.py tests/test_composability.py tests/test_modules.py
-  tests/test_volumes.py tests/test_trainer.py tests/test_train_distorted_mnist.py
-  tests/test_train_gtsrb.py"}
+  tests/test_volumes.py tests/test_transforms.py tests/test_jax_private.py tests/test_trainer.py
+  tests/test_train_distorted_mnist.py tests/test_train_gtsrb.py"}
 # shellcheck disable=SC2086  # Word splitting of the lists is wanted.
 JAX_PLATFORMS=${JAX_PLATFORMS:-cpu} "$work/venv/bin/python" -m pytest -q -p no:cacheprovider \
   ${PYTEST_ARGS:--n 2} $tests
