@@ -155,7 +155,9 @@ def test_linen_vmap_shares_one_transformer_across_an_axis():
   params = perturbed(variables["params"])
   out = vmapped.apply({"params": params}, x)
   single = stnjax.SpatialTransformer(transform="affine")
-  np.testing.assert_allclose(out[:, 1], single.apply({"params": params}, x[:, 1]), atol=1e-6)
+  # Within a few float32 roundings of the pixel values (< 1): the vmapped and the single
+  # program are compiled apart (jax 0.12 fuses the localization net's sums otherwise).
+  np.testing.assert_allclose(out[:, 1], single.apply({"params": params}, x[:, 1]), atol=4e-6)
 
 
 def test_nnx_vmap_over_an_axis():
