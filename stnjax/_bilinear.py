@@ -45,6 +45,7 @@ import jax.numpy as jnp
 
 from stnjax import _corners
 from stnjax import _cpu_kernel
+from stnjax import _jax_private
 
 read_p = Primitive("stnjax_bilinear_read")
 image_gradient_p = Primitive("stnjax_bilinear_image_gradient")
@@ -182,9 +183,9 @@ def _image_gradient_cpu_lowering(ctx, cotangent, *coords, spatial, implementatio
   # The kernel checks each axis's bounds even when unchecked: a corner that would wrap to
   # the next row is dropped (the atlas's, whose cotangent its transpose discards anyway).
   if implementation == "cpu_kernel" and len(coords) == 2:
-    # The kernel takes (x, y, cotangent); ffi_lowering reads the operands' types from ctx
-    # (a jax.extend.lowering.LoweringRuleContext, whose `replace` JAX documents).
-    kernel_ctx = ctx.replace(avals_in=(ctx.avals_in[1], ctx.avals_in[2], ctx.avals_in[0]))
+    # The kernel takes (x, y, cotangent); ffi_lowering reads the operands' types from ctx.
+    kernel_ctx = _jax_private.with_operand_types(
+        ctx, (ctx.avals_in[1], ctx.avals_in[2], ctx.avals_in[0]))
     return jax.ffi.ffi_lowering(_cpu_kernel.TARGET)(kernel_ctx, *coords, cotangent)
   return mlir.lower_fun(functools.partial(
       _image_gradient_on_cpu, spatial=spatial, implementation=implementation,

@@ -9,13 +9,27 @@ documents for defining primitives ("JAX Internals: primitives", the FFI guide):
 `jax.extend.core.Primitive`; `jax.interpreters.ad`, `batching` and `mlir` for their
 rules (`ad.primitive_jvps`, `ad.primitive_transposes`, `ad.deflinear2`, `ad.Zero`,
 `batching.primitive_batchers`, `mlir.register_lowering`, `mlir.lower_fun`); a lowering
-context's `replace` and `avals_in` (`jax.extend.lowering.LoweringRuleContext`);
-`jax.ffi`; and `jax.jit` with `jax.disable_jit(False)` to run a primitive on its own.
+context's `avals_in`; `jax.ffi`; and `jax.jit` with `jax.disable_jit(False)` to run a primitive on its own.
 """
 
 import contextlib
 
 import jax
+
+
+def with_operand_types(ctx, avals_in):
+  """The lowering context `ctx` with the operand types `avals_in` (for a lowering rule
+  that hands its operands to another rule in another order).
+
+  Why private: `ctx.replace` is a dataclass method of the context JAX passes to lowering
+  rules; jax.extend lists the class (`jax.extend.lowering.LoweringRuleContext`, from jax
+  0.10), but jax.extend promises no compatibility, and nothing documents building a
+  context anew.
+  Public replacement: `jax.ffi.ffi_lowering` taking the operand types, or an FFI call
+  whose operand order is chosen at binding (`jax.ffi.ffi_call`, which has no custom
+  transpose or batching rules of its own).
+  """
+  return ctx.replace(avals_in=tuple(avals_in))
 
 
 def varying_axes(x):

@@ -4,6 +4,8 @@ a JAX release that changes one fails here, in a test that names it."""
 import contextlib
 
 import jax
+from jax.extend.core import Primitive
+from jax.interpreters import mlir
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -100,3 +102,29 @@ def test_derivatives_under_disable_jit_match_jit():
     eager = gradient(images, coords)
   for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+# `with_operand_types`: a lowering rule that passes its operands on in another order
+# gives the next rule a context with their types in that order.
+
+_swapped_concat_p = Primitive("stnjax_private_swapped_concat")
+_swapped_concat_p.def_abstract_eval(
+    lambda a, b: jax.core.ShapedArray((a.shape[0] + b.shape[0],), a.dtype))
+
+
+def _swapped_concat_lowering(ctx, a, b):
+  concat = mlir.lower_fun(lambda b, a: jnp.concatenate([b, a]), multiple_results=False)
+  return concat(_jax_private.with_operand_types(ctx, (ctx.avals_in[1], ctx.avals_in[0])), b, a)
+
+
+mlir.register_lowering(_swapped_concat_p, _swapped_concat_lowering)
+
+
+def test_a_lowering_context_takes_other_operand_types():
+  a, b = jnp.arange(2.0), jnp.arange(10.0, 13.0)
+  try:
+    out = jax.jit(_swapped_concat_p.bind)(a, b)
+  except Exception as error:  # noqa: BLE001 (any failure means JAX changed it)
+    raise AssertionError("JAX changed LoweringRuleContext.replace(avals_in=...); see "
+                         f"stnjax/_jax_private.py: {error!r}") from error
+  np.testing.assert_array_equal(out, [10.0, 11.0, 12.0, 0.0, 1.0])
