@@ -15,6 +15,8 @@ Conventions, the same everywhere in the package:
   * Pixel coordinates put the centre of pixel `(row, col)` at `(x, y) = (col, row)`.
 
 Results match PyTorch's `affine_grid` and `grid_sample` with NCHW transposed to NHWC.
+`map_coordinates` and the spline filters take scipy.ndimage's conventions instead
+(no channel axis, coordinates as array indices) and match its results.
 """
 
 from stnjax import linen
@@ -35,6 +37,9 @@ from stnjax.grid import pixel_matrix_from_theta
 from stnjax.grid import pixel_to_normalized
 from stnjax.grid import theta_from_pixel_matrix
 from stnjax.linen import SpatialTransformer
+from stnjax.ndimage import map_coordinates
+from stnjax.ndimage import spline_filter
+from stnjax.ndimage import spline_filter1d
 from stnjax.sampling import grid_sample
 from stnjax.sampling import has_cpu_kernel
 from stnjax.sampling import sample
@@ -52,6 +57,7 @@ __all__ = [
     "integrate_velocity",
     "invert_theta",
     "linen",
+    "map_coordinates",
     "nnx",
     "normalized_to_pixel",
     "perspective_matrix",
@@ -59,6 +65,8 @@ __all__ = [
     "pixel_to_normalized",
     "rotation_matrix",
     "sample",
+    "spline_filter",
+    "spline_filter1d",
     "theta_from_boxes",
     "theta_from_pixel_matrix",
     "transforms",

@@ -226,6 +226,23 @@ def volume_and_flow_cases():
   ]
 
 
+def ndimage_cases():
+  """map_coordinates (scipy's conventions: no channel axis, (row, col) points) at points
+  0.2-0.8 px from the pixels and inside the image, away from mirror's folds."""
+  image = random_array(IN_SHAPE, 8)
+  rng = np.random.default_rng(9)
+  points = np.stack([rng.integers(1, size - 2, 12) + rng.uniform(0.2, 0.8, 12)
+                     for size in IN_SHAPE]).astype(np.float32)
+  return [
+      Case("map_coordinates-order1",
+           lambda image, points: stnjax.map_coordinates(image, points, 1), (image, points)),
+      # Order 3 has continuous second derivatives everywhere; the prefilter included.
+      Case("map_coordinates-order3",
+           lambda image, points: stnjax.map_coordinates(image, points, 3, "mirror"),
+           (image, points)),
+  ]
+
+
 def antialias_cases():
   """Antialiased sampling between levels 0 and 1 (first image) and 1 and 2 (second), each
   read >= 0.1 px from the whole pixels of its levels and each blend inside (0.1, 0.9)."""
@@ -354,7 +371,7 @@ def module_cases():
 
 
 CASES = (sampler_cases() + transform_cases() + grid_function_cases() + volume_and_flow_cases()
-         + antialias_cases() + volume_family_and_geometry_cases() + module_cases())
+         + ndimage_cases() + antialias_cases() + volume_family_and_geometry_cases() + module_cases())
 
 
 def scalar_loss(case):

@@ -35,3 +35,24 @@ def test_demo_refuses_other_formats(tmp_path, monkeypatch, capsys):
   with pytest.raises(SystemExit):
     warp_demo.main()
   assert "--out must end in .png" in capsys.readouterr().err
+
+
+def test_spline_orders_writes_each_order_side_by_side(tmp_path, monkeypatch):
+  import spline_orders  # noqa: E402 (beside warp_demo, in examples/)
+  out = tmp_path / "orders.png"
+  monkeypatch.setattr(sys, "argv", ["spline_orders.py", "--out", str(out)])
+  spline_orders.main()
+  with Image.open(out) as picture:
+    pixels = np.asarray(picture)
+  side = spline_orders.SIZE * spline_orders.ZOOM
+  assert pixels.shape == (side, 6 * side + 5 * spline_orders.GAP)
+  panels = [pixels[:, k * (side + spline_orders.GAP):][:, :side] for k in range(6)]
+  # Order 0 repeats each pixel in a ZOOM x ZOOM block; the others blend between them.
+  picture = (spline_orders.test_picture() * 255 + 0.5).astype(np.uint8)
+  np.testing.assert_array_equal(panels[0], picture.repeat(spline_orders.ZOOM, 0)
+                                .repeat(spline_orders.ZOOM, 1))
+  for order in range(1, 6):
+    assert len(np.unique(panels[order])) > 4 * len(np.unique(picture)), order
+  monkeypatch.setattr(sys, "argv", ["spline_orders.py", "--out", str(tmp_path / "o.jpg")])
+  with pytest.raises(SystemExit):
+    spline_orders.main()
