@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
 import antialias  # noqa: E402
 import baselines  # noqa: E402
+import ndimage as ndimage_benchmark  # noqa: E402
 import sampler  # noqa: E402
 
 import stnjax  # noqa: E402
@@ -207,3 +208,21 @@ def test_the_torch_gtsrb_twin_has_the_flax_net_s_parameters():
   assert sum(p.numel() for p in model.parameters()) == sum(
       int(np.prod(p.shape)) for p in jax.tree.leaves(shapes)) == 9201455
   assert np.isfinite(float(step()))
+
+
+def test_ndimage_benchmark_peers_agree_and_a_tiny_run_reports(monkeypatch, tmp_path, capsys):
+  image = np.random.default_rng(0).normal(size=(9, 11)).astype(np.float32)
+  points = ndimage_benchmark.rotated_points(image.shape)
+  for order in (1, 3):
+    calls = ndimage_benchmark.runners(image, points, order, "forward")
+    assert set(calls) == ({"stnjax", "jax.scipy", "scipy"} if order == 1 else {"stnjax", "scipy"})
+    values = {name: np.asarray(call()) for name, call in calls.items()}
+    for name, value in values.items():
+      np.testing.assert_allclose(value, values["scipy"], atol=2e-5, err_msg=(order, name))
+  monkeypatch.setattr(ndimage_benchmark, "SHAPES", ((9, 11), (4, 5, 6)))
+  ndimage_benchmark.main(["--quick", "--orders", "0", "3", "--json", str(tmp_path / "n.json")])
+  table = capsys.readouterr().out
+  assert "| 4x5x6 | grad | 3 |" in table and "| 9x11 | forward | 0 |" in table
+  records = json.loads((tmp_path / "n.json").read_text())["records"]
+  assert {r["peer"] for r in records} == {"stnjax", "scipy", "jax.scipy"}
+  assert all(r["ms"] > 0 for r in records)
