@@ -19,6 +19,7 @@ stnjax is faster.
 """
 
 import argparse
+import datetime
 import json
 import pathlib
 import sys
@@ -124,6 +125,7 @@ def main(argv=None):
   warmup, repeats = (1, 6) if args.quick else (2, 15)
   env = sampler.environment(torch_threads=None)
   env["versions"]["scipy"] = sampler.version("scipy")
+  env["date"] = datetime.date.today().isoformat()
   records = run(shapes, args.orders, args.modes, warmup, repeats)
   print(table(env, records))
   if args.json:

@@ -6,7 +6,7 @@
 Each table sits between `<!-- name:begin -->` and `<!-- name:end -->` markers in its page
 (docs/guide/benchmarks.md, docs/guide/antialiasing.md) and is written by the benchmark
 script's own formatting (benchmarks/sampler.py, training.py, antialias.py,
-antialias_training.py) or by benchmarks/report.py, headed by the device, versions and
+antialias_training.py, ndimage.py) or by benchmarks/report.py, headed by the device, versions and
 date the JSON records. To update a table, rerun the benchmark with `--json` onto the
 committed file, then this script. tests/test_docs.py checks that the pages match.
 """
@@ -97,6 +97,13 @@ def train_loop():
                             [f"{report.measured_when(data)}; from `docs/train_loop_cpu.json`"])
 
 
+def ndimage():
+  import ndimage as benchmark
+  data = _load("ndimage_cpu.json")
+  return report.as_markdown(benchmark.table(data["environment"], data["records"]),
+                            [f"{report.measured_when(data)}; from `docs/ndimage_cpu.json`"])
+
+
 # (page, section name, what writes it), in page order.
 SECTIONS = (
     (BENCHMARKS_PAGE, "sampler_2d", sampler_2d),
@@ -105,6 +112,7 @@ SECTIONS = (
     (BENCHMARKS_PAGE, "antialias_training", antialias_training),
     (BENCHMARKS_PAGE, "training_step", training_step),
     (BENCHMARKS_PAGE, "train_loop", train_loop),
+    (BENCHMARKS_PAGE, "ndimage", ndimage),
     (ANTIALIAS_PAGE, "antialias_errors", antialias_errors),
 )
 
