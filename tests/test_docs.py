@@ -21,8 +21,8 @@ import benchmark_tables  # noqa: E402
 
 LOG_10 = float(np.log(10.0))
 GUIDE_PAGES = ("getting_started", "conventions", "sampling", "transforms", "volumes",
-               "antialiasing", "flax_modules", "training", "correctness", "benchmarks",
-               "design")
+               "interpolation", "antialiasing", "flax_modules", "training", "correctness",
+               "benchmarks", "design")
 # Pages that explain programs and measurements rather than calls: no examples to run.
 WITHOUT_EXAMPLES = {"training", "correctness", "benchmarks", "design"}
 
